@@ -1,0 +1,4 @@
+"""Plotly figure builders: pure functions, data in, `go.Figure` out.
+
+One submodule per concept; everything public is re-exported here, so notebooks write `viz.weight_histogram(...)`.
+"""

@@ -1,0 +1,4 @@
+"""ipywidgets explorers: each builds one FigureWidget once and updates it in place.
+
+One submodule per concept; everything public is re-exported here.
+"""
