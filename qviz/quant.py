@@ -1,0 +1,285 @@
+"""Affine (uniform) quantization: the primitives every method in qviz is built from.
+
+A b-bit integer grid has 2**b levels. A floating-point value w is stored as an integer code
+
+    q = clamp(round(w / scale) + zero_point, qmin, qmax)        (quantize)
+    w_hat = (q - zero_point) * scale                             (dequantize)
+
+and `w_hat - w` is the rounding error. Everything else is about choosing `scale` and `zero_point`:
+
+- symmetric:  qmin, qmax = -2**(b-1), 2**(b-1) - 1;  zero_point = 0;  scale = absmax / qmax
+  ("absmax" quantization: the grid is centred on zero; the code -2**(b-1) is never produced by rounding).
+- asymmetric: qmin, qmax = 0, 2**b - 1;  the range [min, max] (widened to include 0, so that 0 is exact)
+  is spread over all 2**b levels: scale = (max - min) / qmax,  zero_point = clamp(round(-min / scale), qmin, qmax).
+
+Granularity is one idea, not three code paths: a weight W of shape (out_features, in_features) is viewed as
+rows of groups, and one (scale, zero_point) pair is chosen per group.
+
+- "tensor":  one group holding every element          -> qparams of shape (1, 1)
+- "channel": one group per output row                 -> qparams of shape (out_features, 1)
+- "group":   rows cut into groups of `group_size`     -> qparams of shape (out_features, in_features // group_size)
+
+Example: 4-bit symmetric, per-tensor, on w = [-1.4, 0.0, 0.7]: absmax = 1.4, qmax = 7, scale = 0.2,
+codes = [-7, 0, 4] (0.7 / 0.2 = 3.5 rounds to the even 4), and w_hat = [-1.4, 0.0, 0.8].
+
+>>> spec = QuantSpec(bits=4, symmetric=True, granularity="tensor")
+>>> qt = quantize(torch.tensor([-1.4, 0.0, 0.7]), spec)
+>>> qt.codes.tolist(), round(qt.scale.item(), 6)
+([-7, 0, 4], 0.2)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+GRANULARITIES = ("tensor", "channel", "group")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MIN_BITS, MAX_BITS = 2, 16
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize a weight. Validated on construction; bad values raise ValueError."""
+
+    bits: int = 4  # width of the integer codes, from 2 to 16
+    symmetric: bool = True  # grid centred on zero (zero_point 0) or spread over [min, max]
+    group_size: int | None = None  # elements per group along in_features (e.g. 128); None: no groups
+    granularity: str | None = None  # "tensor", "channel" (one scale per output row) or "group";
+    #                                  None: "group" when group_size is given, else "channel"
+    clip_ratio: float = 1.0  # shrink the range to clip_ratio * (min, max) before choosing the scale
+    mse_clip: bool = False  # search, per group, the clip ratio in [0.5, 1] that minimizes the MSE
+
+    def __post_init__(self):
+        if self.granularity is None:
+            object.__setattr__(self, "granularity", "channel" if self.group_size is None else "group")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {self.bits!r}")
+        if not MIN_BITS <= self.bits <= MAX_BITS:
+            raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {self.bits}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.granularity == "group":
+            if (
+                isinstance(self.group_size, bool)
+                or not isinstance(self.group_size, int)
+                or self.group_size < 1
+            ):
+                raise ValueError(
+                    f"granularity='group' needs a positive integer group_size (e.g. 32, 64, 128), "
+                    f"got {self.group_size!r}"
+                )
+        elif self.group_size is not None:
+            raise ValueError(
+                f"group_size applies only to granularity='group'; use group_size=None with "
+                f"granularity={self.granularity!r}"
+            )
+        if not (isinstance(self.clip_ratio, (int, float)) and 0.0 < self.clip_ratio <= 1.0):
+            raise ValueError(f"clip_ratio must be in (0, 1], got {self.clip_ratio!r}")
+        if self.mse_clip and self.clip_ratio != 1.0:
+            raise ValueError("mse_clip searches the clip ratio itself: leave clip_ratio at 1.0")
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+
+    @property
+    def label(self) -> str:
+        """A short human-readable name, e.g. 'INT4 sym g128'."""
+        gran = {"tensor": "per-tensor", "channel": "per-channel"}.get(self.granularity, f"g{self.group_size}")
+        return f"INT{self.bits} {'sym' if self.symmetric else 'asym'} {gran}"
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """Integer codes plus what is needed to turn them back into floats.
+
+    codes: same shape as the input, int32, values in [spec.qmin, spec.qmax]
+    scale, zero_point: (rows, n_groups), float32 and int32; rows = prod(shape[:-1]) ("tensor": (1, 1))
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    spec: QuantSpec
+    dtype: torch.dtype = torch.float32  # dtype of the original tensor, restored by dequantize
+
+
+def check_tensor(w: torch.Tensor, spec: QuantSpec | None = None) -> None:
+    """Raise ValueError unless w is a non-empty, finite, floating-point tensor that `spec` can group."""
+    if not isinstance(w, torch.Tensor):
+        raise ValueError(f"expected a torch.Tensor, got {type(w).__name__}")
+    if w.dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"unsupported dtype {w.dtype}: pass a floating-point tensor (float32, float16, bfloat16 or float64)"
+        )
+    if w.numel() == 0:
+        raise ValueError(f"cannot quantize an empty tensor (shape {tuple(w.shape)})")
+    if w.dim() == 0:
+        raise ValueError("cannot quantize a 0-d tensor: pass at least one dimension")
+    if not torch.isfinite(w).all():
+        n_nan, n_inf = int(torch.isnan(w).sum()), int(torch.isinf(w).sum())
+        raise ValueError(
+            f"tensor has {n_nan} NaN and {n_inf} Inf values: only finite values can be quantized"
+        )
+    if spec is not None and spec.granularity == "group" and w.shape[-1] % spec.group_size:
+        divisors = [d for d in (16, 32, 64, 96, 128, 192, 256) if w.shape[-1] % d == 0]
+        raise ValueError(
+            f"group_size {spec.group_size} does not divide the row length {w.shape[-1]}; "
+            f"group sizes that do include {divisors or [w.shape[-1]]}"
+        )
+
+
+def _grouped(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """View w as (rows, n_groups, group_len) in float32: the one reshape behind every granularity."""
+    w = w.float()
+    if spec.granularity == "tensor":
+        return w.reshape(1, 1, -1)
+    rows = w.reshape(-1, w.shape[-1])  # (rows, in_features)
+    if spec.granularity == "channel":
+        return rows.unsqueeze(1)
+    return rows.reshape(rows.shape[0], -1, spec.group_size)
+
+
+def _qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec):
+    """scale, zero_point from per-group ranges lo <= 0 <= hi (any shape)."""
+    if spec.symmetric:
+        scale = torch.maximum(hi, -lo) / spec.qmax
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        scale = (hi - lo) / spec.qmax
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)  # filled below, once scale is safe
+    # An all-zero group has scale 0; any scale represents it exactly, so use 1 to avoid dividing by zero.
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if not spec.symmetric:
+        zero_point = torch.clamp(torch.round(-lo / scale), spec.qmin, spec.qmax).to(torch.int32)
+    return scale, zero_point
+
+
+def _fake(g: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Quantize-dequantize grouped values g (rows, n_groups, group_len) with qparams (rows, n_groups)."""
+    s, z = scale.unsqueeze(-1), zero_point.unsqueeze(-1).to(g.dtype)
+    return (torch.clamp(torch.round(g / s) + z, spec.qmin, spec.qmax) - z) * s
+
+
+def _search_clip(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec, steps: int = 50):
+    """Per group, the clip ratio r in [0.5, 1] whose range (r*lo, r*hi) gives the smallest MSE."""
+    best_err = torch.full(lo.shape, float("inf"), device=g.device)
+    best_lo, best_hi = lo.clone(), hi.clone()
+    for r in torch.linspace(1.0, 0.5, steps + 1).tolist():
+        scale, zero_point = _qparams_from_range(lo * r, hi * r, spec)
+        err = (_fake(g, scale, zero_point, spec) - g).pow(2).mean(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_lo, best_hi = torch.where(better, lo * r, best_lo), torch.where(better, hi * r, best_hi)
+    return best_lo, best_hi
+
+
+def choose_qparams(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick (scale, zero_point), each of shape (rows, n_groups), for w under `spec`.
+
+    The range of each group is [min(w), max(w)] widened to include 0, times `spec.clip_ratio`
+    (values outside are clipped to the end codes), or the MSE-best ratio when `spec.mse_clip`.
+    """
+    check_tensor(w, spec)
+    g = _grouped(w, spec)
+    lo = torch.clamp(g.amin(-1), max=0.0) * spec.clip_ratio
+    hi = torch.clamp(g.amax(-1), min=0.0) * spec.clip_ratio
+    if spec.mse_clip:
+        lo, hi = _search_clip(g, lo, hi, spec)
+    return _qparams_from_range(lo, hi, spec)
+
+
+def quantize(
+    w: torch.Tensor,
+    spec: QuantSpec,
+    scale: torch.Tensor | None = None,
+    zero_point: torch.Tensor | None = None,
+) -> QuantizedTensor:
+    """Integer codes for w. Pass `scale` and `zero_point` to reuse qparams chosen elsewhere (GPTQ does)."""
+    if (scale is None) != (zero_point is None):
+        raise ValueError("pass both scale and zero_point, or neither")
+    if scale is None:
+        scale, zero_point = choose_qparams(w, spec)
+    else:
+        check_tensor(w, spec)
+    g = _grouped(w, spec)
+    s, z = scale.float().unsqueeze(-1), zero_point.unsqueeze(-1)
+    codes = torch.clamp(torch.round(g / s) + z, spec.qmin, spec.qmax).to(torch.int32)
+    return QuantizedTensor(codes.reshape(w.shape), scale.float(), zero_point.to(torch.int32), spec, w.dtype)
+
+
+def dequantize(qt: QuantizedTensor) -> torch.Tensor:
+    """Floats back from codes: (codes - zero_point) * scale, in the original dtype."""
+    g = _grouped(qt.codes, qt.spec)
+    w_hat = (g - qt.zero_point.unsqueeze(-1)) * qt.scale.unsqueeze(-1)
+    return w_hat.reshape(qt.codes.shape).to(qt.dtype)
+
+
+def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Quantize then dequantize in one pass: the float tensor a quantized model actually computes with."""
+    scale, zero_point = choose_qparams(w, spec)
+    return _fake(_grouped(w, spec), scale, zero_point, spec).reshape(w.shape).to(w.dtype)
+
+
+# --- error metrics -------------------------------------------------------------------------------------------
+
+
+def mse(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    """Mean squared error."""
+    return (w.double() - w_hat.double()).pow(2).mean().item()
+
+
+def max_abs_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    """Largest absolute difference."""
+    return (w.double() - w_hat.double()).abs().max().item()
+
+
+def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB: 10·log10(Σw² / Σ(w - w_hat)²). Each extra bit adds ≈6.02 dB."""
+    signal = w.double().pow(2).sum().item()
+    noise = (w.double() - w_hat.double()).pow(2).sum().item()
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+# --- storage accounting --------------------------------------------------------------------------------------
+
+
+def bits_per_weight(
+    spec: QuantSpec, shape: tuple[int, ...], scale_bits: int = 16, zero_point_bits: int | None = None
+) -> float:
+    """Average storage per weight, codes plus the scales and zero points that come with them.
+
+    scale_bits: 16 for fp16 scales (the usual on-disk choice). zero_point_bits defaults to `spec.bits`
+    for asymmetric specs (the zero point is stored like a code) and 0 for symmetric ones.
+
+    >>> round(bits_per_weight(QuantSpec(bits=4, symmetric=False, group_size=128), (4096, 4096)), 3)
+    4.156
+    """
+    numel = math.prod(shape)
+    if numel == 0:
+        raise ValueError(f"shape {shape} has no elements")
+    if zero_point_bits is None:
+        zero_point_bits = 0 if spec.symmetric else spec.bits
+    if spec.granularity == "tensor":
+        n_groups = 1
+    elif spec.granularity == "channel":
+        n_groups = numel // shape[-1]
+    else:
+        if shape[-1] % spec.group_size:
+            raise ValueError(f"group_size {spec.group_size} does not divide the row length {shape[-1]}")
+        n_groups = numel // spec.group_size
+    return spec.bits + n_groups * (scale_bits + zero_point_bits) / numel
+
+
+def storage_bytes(spec: QuantSpec, shape: tuple[int, ...], scale_bits: int = 16) -> float:
+    """Bytes to store a tensor of `shape` under `spec`, scales and zero points included."""
+    return bits_per_weight(spec, shape, scale_bits) * math.prod(shape) / 8
