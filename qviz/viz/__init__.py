@@ -2,3 +2,4 @@
 
 One submodule per concept; everything public is re-exported here, so notebooks write `viz.weight_histogram(...)`.
 """
+from .numbers import *  # noqa: F401,F403
