@@ -199,3 +199,17 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="codes must be in"):
         F.from_bits([16], "int4")
     assert F.get_format("uint5") == F.IntFormat(5, signed=False)
+
+
+def test_nb01_checks_accept_right_answers_and_explain_wrong_ones(capsys):
+    from qviz.exercises import nb01
+
+    assert nb01.check_model_gb(140) and nb01.check_model_gb(35, bits=4)
+    assert nb01.check_model_gb(0.134, n_params=268e6, bits=4)
+    assert not nb01.check_model_gb(1120) and "bits, not bytes" in capsys.readouterr().out
+    assert not nb01.check_model_gb("a lot") and "give a number" in capsys.readouterr().out
+    assert nb01.check_e4m3_max(torch.tensor(448.0)) and not nb01.check_e4m3_max(480)
+    assert "NaN" in capsys.readouterr().out
+    assert nb01.check_bf16_of_0_1(torch.tensor(0.1).bfloat16()) and not nb01.check_bf16_of_0_1(0.1)
+    assert nb01.check_fp16_overflow(torch.tensor(70000.0).half()) and nb01.check_fp16_overflow("inf")
+    assert not nb01.check_fp16_overflow(65504) and not nb01.check_fp16_overflow(None)
