@@ -111,8 +111,12 @@ class QuantizedTensor:
     dtype: torch.dtype = torch.float32  # dtype of the original tensor, restored by dequantize
 
 
-def check_tensor(w: torch.Tensor, spec: QuantSpec | None = None) -> None:
-    """Raise ValueError unless w is a non-empty, finite, floating-point tensor that `spec` can group."""
+def check_tensor(w: torch.Tensor, spec: QuantSpec | None = None, *, finite: bool = True) -> None:
+    """Raise ValueError unless w is a non-empty, finite, floating-point tensor that `spec` can group.
+
+    finite=False skips the pass over every value that looks for NaN/Inf (for callers that detect them
+    more cheaply, as choose_qparams does from the group minima and maxima: NaN and Inf propagate into them).
+    """
     if not isinstance(w, torch.Tensor):
         raise ValueError(f"expected a torch.Tensor, got {type(w).__name__}")
     if w.dtype not in FLOAT_DTYPES:
@@ -123,7 +127,7 @@ def check_tensor(w: torch.Tensor, spec: QuantSpec | None = None) -> None:
         raise ValueError(f"cannot quantize an empty tensor (shape {tuple(w.shape)})")
     if w.dim() == 0:
         raise ValueError("cannot quantize a 0-d tensor: pass at least one dimension")
-    if not torch.isfinite(w).all():
+    if finite and not torch.isfinite(w).all():
         n_nan, n_inf = int(torch.isnan(w).sum()), int(torch.isinf(w).sum())
         raise ValueError(
             f"tensor has {n_nan} NaN and {n_inf} Inf values: only finite values can be quantized"
@@ -165,7 +169,7 @@ def _qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec):
 def _fake(g: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Quantize-dequantize grouped values g (rows, n_groups, group_len) with qparams (rows, n_groups)."""
     s, z = scale.unsqueeze(-1), zero_point.unsqueeze(-1).to(g.dtype)
-    return (torch.clamp(torch.round(g / s) + z, spec.qmin, spec.qmax) - z) * s
+    return g.div(s).round_().add_(z).clamp_(spec.qmin, spec.qmax).sub_(z).mul_(s)  # in place: one allocation
 
 
 def _search_clip(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec, steps: int = 50):
@@ -187,10 +191,12 @@ def choose_qparams(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torc
     The range of each group is [min(w), max(w)] widened to include 0, times `spec.clip_ratio`
     (values outside are clipped to the end codes), or the MSE-best ratio when `spec.mse_clip`.
     """
-    check_tensor(w, spec)
+    check_tensor(w, spec, finite=False)
     g = _grouped(w, spec)
-    lo = torch.clamp(g.amin(-1), max=0.0) * spec.clip_ratio
-    hi = torch.clamp(g.amax(-1), min=0.0) * spec.clip_ratio
+    lo, hi = torch.aminmax(g, dim=-1)
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        check_tensor(w, spec)  # raises, counting the NaN and Inf values
+    lo, hi = lo.clamp(max=0.0) * spec.clip_ratio, hi.clamp(min=0.0) * spec.clip_ratio
     if spec.mse_clip:
         lo, hi = _search_clip(g, lo, hi, spec)
     return _qparams_from_range(lo, hi, spec)
@@ -222,10 +228,20 @@ def dequantize(qt: QuantizedTensor) -> torch.Tensor:
     return w_hat.reshape(qt.codes.shape).to(qt.dtype)
 
 
-def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def fake_quantize(
+    w: torch.Tensor,
+    spec: QuantSpec,
+    scale: torch.Tensor | None = None,
+    zero_point: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Quantize then dequantize in one pass: the float tensor a quantized model actually computes with."""
-    scale, zero_point = choose_qparams(w, spec)
-    return _fake(_grouped(w, spec), scale, zero_point, spec).reshape(w.shape).to(w.dtype)
+    if (scale is None) != (zero_point is None):
+        raise ValueError("pass both scale and zero_point, or neither")
+    if scale is None:
+        scale, zero_point = choose_qparams(w, spec)
+    else:
+        check_tensor(w, spec)
+    return _fake(_grouped(w, spec), scale.float(), zero_point, spec).reshape(w.shape).to(w.dtype)
 
 
 # --- error metrics -------------------------------------------------------------------------------------------

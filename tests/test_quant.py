@@ -211,8 +211,14 @@ def test_bad_spec(kwargs, message):
 @pytest.mark.parametrize(
     "w, message",
     [
-        (torch.tensor([1.0, float("nan")]), "1 NaN and 0 Inf values"),
-        (torch.tensor([float("inf"), 1.0]), "0 NaN and 1 Inf values"),
+        (
+            torch.ones(2, 128).index_put_((torch.tensor(1), torch.tensor(5)), torch.tensor(float("nan"))),
+            "1 NaN and 0 Inf values",
+        ),
+        (
+            torch.ones(2, 128).index_put_((torch.tensor(0), torch.tensor(9)), torch.tensor(float("-inf"))),
+            "0 NaN and 1 Inf values",
+        ),
         (torch.empty(0, 8), "empty tensor"),
         (torch.tensor([1, 2, 3]), "unsupported dtype torch.int64"),
         (

@@ -2,4 +2,5 @@
 
 One submodule per concept; everything public is re-exported here, so notebooks write `viz.weight_histogram(...)`.
 """
+from .quantization import *  # noqa: F401,F403
 from .numbers import *  # noqa: F401,F403

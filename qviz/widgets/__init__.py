@@ -2,4 +2,5 @@
 
 One submodule per concept; everything public is re-exported here.
 """
+from .quantization import *  # noqa: F401,F403
 from .numbers import *  # noqa: F401,F403
