@@ -292,6 +292,10 @@ class BitFields:
             return f"{sign} × 2^{self.exponent_value} × {self.significand!r} = {self.stored!r}"
         if self.kind == "table":
             return f"table[{int(self.mantissa, 2)}] = {self.stored!r}"
+        if self.kind == "inf":
+            return f"exponent all ones, mantissa 0: {self.stored!r}"
+        if self.kind == "nan":
+            return f"a NaN code ({self.bits}): not a number"
         return f"{self.kind}: {self.stored!r}"
 
 
