@@ -155,7 +155,7 @@ class QuantLinear(nn.Module):
         """W_hat (out_features, in_features) = (q - z) * scale, computed in float32, cast to `dtype`."""
         g = self._groups().long()
         w = (self.unsigned_codes() - self.zero_point.T[:, g].to(torch.int32)) * self.scales.T[:, g].float()
-        return w.to(dtype or self.scales.dtype)
+        return w.to(dtype or self.scales.dtype).contiguous()  # row-major like nn.Linear.weight: same matmul
 
     def _groups(self) -> torch.Tensor:
         if self.g_idx is not None:
