@@ -1,0 +1,148 @@
+"""qviz.eval against independent direct computations on a tiny random Llama."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from qviz.eval import compare_logits, generate, model_size, nll, perplexity
+from qviz.quant import QuantSpec, bits_per_weight
+
+VOCAB = 50
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def windows():
+    return torch.randint(3, VOCAB, (3, 24), generator=torch.Generator().manual_seed(1))
+
+
+def direct_nll(model, rows):
+    """Σ −log p(x_t | x_<t) over t >= 1 of every row, each row one forward pass."""
+    with torch.no_grad():
+        logp = F.log_softmax(model(rows).logits.double(), dim=-1)
+    return -logp[:, :-1].gather(-1, rows[:, 1:, None]).sum().item(), rows[:, 1:].numel()
+
+
+def test_perplexity_equals_direct_computation(model, windows):
+    total, count = direct_nll(model, windows)
+    assert perplexity(model, windows, bos_token_id=None, progress=False) == pytest.approx(
+        math.exp(total / count), rel=1e-5
+    )
+
+
+def test_stride_equal_seqlen_is_plain_non_overlapping_chunks(model, windows):
+    chunks = windows.reshape(-1, 8)  # each row of 24 read as three independent chunks of 8
+    total, count = direct_nll(model, chunks)
+    got_total, got_count = nll(model, windows, seqlen=8, stride=8, bos_token_id=None, progress=False)
+    assert got_count == count == 3 * 3 * 7
+    assert got_total == pytest.approx(total, rel=1e-5)
+
+
+def test_stride_one_scores_each_token_once_with_full_context(model, windows):
+    seqlen = 6
+    expected = 0.0
+    for (
+        row
+    ) in windows:  # token t is predicted from exactly the seqlen - 1 tokens before it (or all, early on)
+        for t in range(1, len(row)):
+            ctx = row[max(0, t - seqlen + 1) : t + 1][None]
+            with torch.no_grad():
+                logp = F.log_softmax(model(ctx).logits[0, -2].double(), dim=-1)
+            expected -= logp[row[t]].item()
+    total, count = nll(model, windows, seqlen=seqlen, stride=1, bos_token_id=None, progress=False)
+    assert count == windows.shape[0] * (windows.shape[1] - 1)
+    assert total == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 3, 5, 7])
+def test_overlapping_strides_count_every_token_once(model, windows, stride):
+    _, count = nll(model, windows, seqlen=8, stride=stride, bos_token_id=None, progress=False)
+    assert count == windows.shape[0] * (windows.shape[1] - 1)
+    _, count = nll(model, windows, seqlen=8, stride=stride, bos_token_id=1, progress=False)
+    assert count == windows.numel()  # with BOS the first token is scored too
+
+
+def test_bos_is_context_not_target(model, windows):
+    with_bos = torch.cat([torch.ones(len(windows), 1, dtype=torch.long), windows], dim=1)
+    total, count = direct_nll(model, with_bos)
+    assert nll(model, windows, bos_token_id=1, progress=False) == pytest.approx((total, count), rel=1e-5)
+    assert nll(model, windows, progress=False) == pytest.approx((total, count), rel=1e-5)  # "auto": config's
+
+
+def test_bad_stride_is_a_clear_error(model, windows):
+    with pytest.raises(ValueError, match="stride"):
+        perplexity(model, windows, seqlen=8, stride=9, bos_token_id=None, progress=False)
+    with pytest.raises(ValueError, match="windows"):
+        perplexity(model, torch.zeros(0, dtype=torch.long), progress=False)
+
+
+def test_kl_with_itself_is_zero_and_top1_is_one(model, windows):
+    result = compare_logits(model, model, windows, progress=False)
+    assert result.kl == pytest.approx(0.0, abs=1e-6)
+    assert result.top1 == 1.0
+    assert result.n_tokens == windows.numel() + len(windows)  # every position, BOS included
+
+
+def test_kl_against_another_model_equals_direct_sum(model, windows):
+    other = tiny_llama(seed=1)
+    with torch.no_grad():
+        log_p = F.log_softmax(model(windows).logits.double(), -1)
+        log_q = F.log_softmax(other(windows).logits.double(), -1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean().item()
+    top1 = (log_p.argmax(-1) == log_q.argmax(-1)).double().mean().item()
+    result = compare_logits(model, other, windows, bos_token_id=None, progress=False)
+    assert result.kl == pytest.approx(kl, rel=1e-4) and result.kl > 0
+    assert result.top1 == pytest.approx(top1)
+
+
+def test_model_size_float_and_quantized(model):
+    shapes = [(32, 32), (16, 32), (16, 32), (32, 32), (64, 32), (64, 32), (32, 64)]  # q k v o gate up down
+    n_linear = 2 * sum(o * i for o, i in shapes)
+    size = model_size(model)
+    assert size.linear_params == n_linear
+    assert size.linear_bytes == 4 * n_linear and size.bits_per_weight == 32
+    n_all = sum(p.numel() for p in model.parameters())
+    assert size.linear_params + size.other_params == n_all
+    assert size.total_bytes == 4 * n_all
+    spec = QuantSpec(bits=4, symmetric=False, group_size=16)
+    q = model_size(model, spec)
+    assert q.linear_bytes == pytest.approx(
+        2 * sum(bits_per_weight(spec, s) * s[0] * s[1] / 8 for s in shapes)
+    )
+    assert q.other_bytes == size.other_bytes
+    assert q.bits_per_weight == pytest.approx(4 + (16 + 4) / 16)  # codes + fp16 scale + 4-bit zero per 16
+
+
+@pytest.mark.slow
+def test_real_model_perplexity_and_greedy_text(smollm2):
+    from qviz.data import eval_windows
+
+    model, tok = smollm2
+    ppl = perplexity(model, eval_windows(tok, "britannica", seqlen=512, n=2), progress=False)
+    assert 10 < ppl < 40  # SmolLM2-135M on 1911 Britannica prose: about 20-23
+    text = generate(model, tok, "The capital of France is", max_new_tokens=8)
+    assert text == generate(model, tok, "The capital of France is", max_new_tokens=8)  # greedy: deterministic
+    assert "Paris" in text
