@@ -119,7 +119,7 @@ class QuantLinear(nn.Module):
         u, uz = to_unsigned(qt)  # (N, K), (N, n_groups) in [0, 2^b)
         n, k = u.shape
         n_groups = uz.shape[1]
-        group_size = None if n_groups == 1 and g_idx is None else k // n_groups
+        group_size = qt.spec.group_size if g_idx is None else k // n_groups  # None: one group a row
         layer = cls(
             k, n, qt.spec.bits, group_size, qt.spec.symmetric, bias is not None, g_idx is not None,
             scale_dtype or qt.dtype, "reference", u.device,
