@@ -1,0 +1,122 @@
+"""The layer explorer: pick a decoder layer and one of its linears, see its input channels and its rounding error."""
+
+from __future__ import annotations
+
+import math
+
+import ipywidgets as W
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from qviz.quant import QuantSpec, fake_quantize, sqnr_db
+
+__all__ = ["LayerExplorer", "layer_error"]
+
+
+def layer_error(w: torch.Tensor, mean_abs: torch.Tensor, spec: QuantSpec) -> dict:
+    """Weight SQNR, and an activation-weighted SQNR that counts each column's error by its input's size.
+
+    The output of a linear is y = W x. With E = W − Ŵ, a column j contributes to the output error in proportion
+    to |x_j|, so Σ_j m_j² ‖E[:, j]‖² / Σ_j m_j² ‖W[:, j]‖² (m_j = mean |x_j|) estimates how much of the *output*
+    is noise; errors in high-activation columns weigh most.
+    """
+    e2 = (fake_quantize(w, spec) - w).pow(2).sum(0)  # (in_features,) squared error per column
+    w2 = w.pow(2).sum(0)
+    m2 = mean_abs.float().pow(2)
+    noise, signal = (m2 * e2).sum().item(), (m2 * w2).sum().item()
+    return dict(
+        weight_sqnr_db=sqnr_db(w, fake_quantize(w, spec)),
+        weighted_sqnr_db=10 * math.log10(signal / noise) if noise > 0 else float("inf"),
+        column_error=e2.numpy(),
+    )
+
+
+class LayerExplorer:
+    """Sliders over layer, linear, bits and group size for a model whose activation statistics were collected.
+
+    weights: {'layers.{i}.{name}': weight tensor}; stats: {same key: ChannelStats} from qviz.stats.activation_stats.
+    """
+
+    def __init__(self, weights: dict[str, torch.Tensor], stats: dict, title: str = "model"):
+        self.weights = {k: v.detach().float().cpu() for k, v in weights.items()}
+        self.stats = stats
+        self.title = title
+        n_layers = 1 + max(int(k.split(".")[1]) for k in weights)
+        names = list(dict.fromkeys(k.split(".", 2)[2] for k in weights))
+        self.layer = W.IntSlider(value=0, min=0, max=n_layers - 1, description="layer")
+        self.linear = W.Dropdown(options=names, value=names[-1], description="linear")
+        self.bits = W.IntSlider(value=4, min=2, max=8, description="bits")
+        self.group = W.Dropdown(options=["per-channel", 32, 64, 128], value=64, description="group size")
+        self.summary = W.HTML()
+        self.fig = self._build()
+        for control in (self.layer, self.linear, self.bits, self.group):
+            control.observe(self._update, names="value")
+        self._update()
+
+    @property
+    def key(self) -> str:
+        return f"layers.{self.layer.value}.{self.linear.value}"
+
+    def _build(self) -> go.FigureWidget:
+        fig = go.FigureWidget(
+            make_subplots(
+                rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                subplot_titles=("activation mean |x| per input channel", "rounding error per input column"),
+            )
+        )  # fmt: skip
+        fig.add_bar(x=[], y=[], name="mean |x|", marker_color="#1f77b4", row=1, col=1)
+        fig.add_bar(x=[], y=[], name="squared error", marker_color="#d62728", row=2, col=1)
+        fig.update_yaxes(title_text="mean |x| (log)", type="log", row=1, col=1)
+        fig.update_yaxes(title_text="Σ (w − ŵ)² (log)", type="log", row=2, col=1)
+        fig.update_xaxes(title_text="input channel", row=2, col=1)
+        fig.update_layout(bargap=0, template="plotly_white", height=480, showlegend=False)
+        return fig
+
+    def spec_for(self, in_features: int) -> QuantSpec | None:
+        if self.group.value == "per-channel":
+            return QuantSpec(bits=self.bits.value)
+        if in_features % self.group.value:
+            return None
+        return QuantSpec(bits=self.bits.value, group_size=self.group.value)
+
+    def _update(self, change=None) -> None:
+        w, stats = self.weights[self.key], self.stats[self.key]
+        spec = self.spec_for(w.shape[1])
+        channels = np.arange(w.shape[1])
+        if spec is None:
+            self.summary.value = (
+                f"group size {self.group.value} does not divide in_features {w.shape[1]}: pick another"
+            )
+            return
+        err = layer_error(w, stats.mean_abs, spec)
+        with self.fig.batch_update():
+            self.fig.data[0].x, self.fig.data[0].y = channels, stats.mean_abs.numpy()
+            self.fig.data[1].x, self.fig.data[1].y = channels, err["column_error"]
+            self.fig.layout.title.text = f"{self.title}: {self.key} {tuple(w.shape)}, {spec.label}"
+        ratio = stats.mean_abs.max().item() / stats.mean_abs.median().item()
+        self.summary.value = (
+            f"<b>{self.key}</b> at <b>{spec.label}</b>: weight SQNR {err['weight_sqnr_db']:.1f} dB, "
+            f"activation-weighted SQNR <b>{err['weighted_sqnr_db']:.1f} dB</b>; "
+            f"largest input channel is {ratio:.0f}× the median"
+        )
+        self.state = err
+
+    def set(self, **values) -> None:
+        for key, value in values.items():
+            getattr(self, key).value = value
+
+    def show(self):
+        return W.VBox(
+            [
+                W.HBox([W.VBox([self.layer, self.linear]), W.VBox([self.bits, self.group])]),
+                self.summary,
+                self.fig,
+            ]
+        )
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.show())

@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from qviz import viz, widgets
+from qviz.exercises import nb03
+from qviz.quant import QuantSpec, fake_quantize, sqnr_db
+from qviz.stats import ChannelStats
+
+
+@pytest.fixture(scope="module")
+def layer():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(48, 128, generator=gen) * 0.05
+    mean_abs = torch.rand(128, generator=gen) + 0.1
+    mean_abs[17] = 40.0  # a salient input channel
+    return w, mean_abs
+
+
+def test_layer_error_weighting(layer):
+    w, mean_abs = layer
+    spec = QuantSpec(bits=4, group_size=32)
+    uniform = widgets.layer_error(w, torch.ones(128), spec)
+    assert uniform["weighted_sqnr_db"] == pytest.approx(uniform["weight_sqnr_db"], rel=1e-6)
+    assert uniform["weight_sqnr_db"] == pytest.approx(sqnr_db(w, fake_quantize(w, spec)))
+    # large weights in column 16 coarsen the grid of group 0, where the salient input channel 17 also lives:
+    # column 17's small weights get large relative errors, and those are multiplied by the largest activations
+    w2 = w.clone()
+    w2[:, 16] *= 30
+    e = widgets.layer_error(w2, mean_abs, spec)
+    assert e["column_error"].shape == (128,)
+    assert e["column_error"][:32].mean() > 10 * e["column_error"][32:].mean()
+    assert e["weighted_sqnr_db"] < e["weight_sqnr_db"] - 10
+
+
+def test_layer_explorer_updates_in_place(layer):
+    w, mean_abs = layer
+    weights = {f"layers.{i}.mlp.down_proj": w * (i + 1) for i in range(3)}
+    stats = {k: ChannelStats(mean_abs, mean_abs * 3, 100) for k in weights}
+    ex = widgets.LayerExplorer(weights, stats, title="toy")
+    fig = ex.fig
+    ex.set(layer=2, bits=3, group=32)
+    assert (
+        ex.fig is fig
+        and "layers.2.mlp.down_proj" in fig.layout.title.text
+        and "INT3" in fig.layout.title.text
+    )
+    assert len(fig.data[0].y) == 128
+    low = ex.state["weight_sqnr_db"]
+    ex.set(bits=8)
+    assert ex.state["weight_sqnr_db"] > low + 20
+    ex.weights["layers.2.mlp.down_proj"] = torch.randn(8, 96)
+    ex.stats["layers.2.mlp.down_proj"] = ChannelStats(torch.ones(96), torch.ones(96), 1)
+    ex.set(group=64)
+    assert "does not divide" in ex.summary.value
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda w, m: viz.layer_heatmap(
+            [dict(layer=0, name="a", v=2.0), dict(layer=1, name="a", v=3.0)], "v", title="t", colorbar="ratio"
+        ),
+        lambda w, m: viz.channel_magnitudes(m, w, name="toy"),
+        lambda w, m: viz.scale_heatmap(w, QuantSpec(bits=4, group_size=32), name="toy"),
+        lambda w, m: viz.per_layer_lines({"RTN": [1.0, 2.0]}, title="t", yaxis="error"),
+        lambda w, m: viz.metric_vs_bits(
+            [dict(bits=4, granularity="g64", ppl=30.0), dict(bits=8, granularity="g64", ppl=20.0)],
+            metric="ppl",
+            reference=19.0,
+            title="t",
+            yaxis="perplexity",
+        ),
+    ],
+    ids=["layer_heatmap", "channel_magnitudes", "scale_heatmap", "per_layer_lines", "metric_vs_bits"],
+)
+def test_figures_are_labelled(layer, build):
+    fig = build(*layer)
+    assert fig.layout.title.text
+    axes = [fig.layout[k] for k in fig.layout.to_plotly_json() if k.startswith(("xaxis", "yaxis"))]
+    assert any(a.title.text for a in axes if k_is_x(a, fig)) and any(a.title.text for a in axes)
+
+
+def k_is_x(axis, fig):
+    return axis.plotly_name.startswith("xaxis")
+
+
+def test_channel_magnitudes_marks_salient(layer):
+    w, mean_abs = layer
+    d = viz.channel_magnitudes_data(mean_abs, w, salient=0.01)
+    assert list(d["salient"]) == [17]
+
+
+def test_nb03_checks(capsys):
+    stats = {
+        f"layers.{i}.mlp.down_proj": ChannelStats(torch.tensor([1.0, 1.0, float(i + 2)]), torch.ones(3), 1)
+        for i in range(4)
+    }
+    assert nb03.check_worst_layer(stats, "mlp.down_proj", 3)
+    assert not nb03.check_worst_layer(stats, "mlp.down_proj", 1)
+    assert not nb03.check_worst_layer(stats, "mlp.down_proj", 9)
+    assert "layers run from 0 to 3" in capsys.readouterr().out.splitlines()[-1]
+    assert nb03.check_linear_bytes(1_000_000, 4, 1_000_000 * (4 + 20 / 64) / 8e6)
+    assert not nb03.check_linear_bytes(1_000_000, 4, 0.5)
