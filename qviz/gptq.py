@@ -29,53 +29,31 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from .quant import QuantizedTensor, QuantSpec, check_tensor, choose_qparams, dequantize, quantize
+from .arch import ArchFamily, linear_layers
+from .calib import (
+    Hessian,
+    LayerInputs,
+    check_spec,
+    collect_hessians,
+    linear_report,
+    output_error,
+    quantize_layerwise,
+)
+from .quant import (
+    QuantizedTensor,
+    QuantSpec,
+    check_tensor,
+    choose_qparams,
+    dequantize,
+    fake_quantize,
+    quantize,
+)
 
-__all__ = ["GPTQResult", "Hessian", "gptq_quantize", "output_error"]
+__all__ = ["GPTQ", "GPTQResult", "Hessian", "gptq_quantize", "output_error", "quantize_model"]
 
 MAX_DAMP_TRIES = 6  # damping grows 10x per failed Cholesky: 0.01 -> 0.1 -> 1 -> ... -> 1e3
-
-
-class Hessian:
-    """Running average H = 2/n · Σ x xᵀ over calibration tokens, in float32 (or float64 if asked).
-
-    >>> h = Hessian(2)
-    >>> h.add_batch(torch.tensor([[1.0, 0.0], [1.0, 2.0]]))  # 2 tokens: H = 2/2 · (x1x1ᵀ + x2x2ᵀ)
-    >>> h.H.tolist()
-    [[2.0, 2.0], [2.0, 4.0]]
-    """
-
-    def __init__(self, in_features: int, dtype: torch.dtype = torch.float32):
-        if in_features < 1:
-            raise ValueError(f"in_features must be positive, got {in_features}")
-        self.in_features = in_features
-        self.dtype = dtype
-        self.n_tokens = 0
-        self._H: torch.Tensor | None = None
-
-    def add_batch(self, X: torch.Tensor) -> None:
-        """X: (tokens, in_features) or (..., in_features), e.g. a linear's input (batch, seq, in_features)."""
-        if X.shape[-1] != self.in_features:
-            raise ValueError(f"X has {X.shape[-1]} features, this Hessian expects {self.in_features}")
-        X = X.reshape(-1, self.in_features).to(self.dtype)
-        n = X.shape[0]
-        if n == 0:
-            raise ValueError("add_batch got no tokens")
-        if not torch.isfinite(X).all():
-            raise ValueError("X has NaN or Inf values: calibration inputs must be finite")
-        if self._H is None:
-            self._H = torch.zeros(self.in_features, self.in_features, dtype=self.dtype, device=X.device)
-        self._H *= self.n_tokens / (self.n_tokens + n)  # running average: rescale the old mean
-        self.n_tokens += n
-        X = (2 / self.n_tokens) ** 0.5 * X
-        self._H += X.T @ X
-
-    @property
-    def H(self) -> torch.Tensor:
-        if self._H is None:
-            raise ValueError("no calibration tokens were added: call add_batch(X) first")
-        return self._H
 
 
 @dataclass(frozen=True)
@@ -98,12 +76,6 @@ class GPTQResult:
     def quantized_tensor(self) -> QuantizedTensor:
         """The codes and qparams as a `qviz.quant.QuantizedTensor`; `dequantize` of it equals Q."""
         return QuantizedTensor(self.codes, self.scale, self.zero_point, self.spec, self.Q.dtype)
-
-
-def output_error(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> float:
-    """½·tr((W − Q) H (W − Q)ᵀ): with H = 2XXᵀ/n, the mean over the n tokens of ‖(W − Q)x‖²."""
-    D = (W.to(H.dtype) - Q.to(H.dtype)).to(H.device)
-    return 0.5 * ((D @ H) * D).sum().item()
 
 
 def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
@@ -270,3 +242,63 @@ def gptq_quantize(
         damp=damp,
         trace=torch.stack(trace) if trace_rows else None,
     )
+
+
+@dataclass(frozen=True)
+class GPTQ:
+    """GPTQ as a layer method for `qviz.calib.quantize_layerwise` (options as in `gptq_quantize`).
+
+    All linears of a layer get their H from the same pass over the layer's (quantized-model) inputs, then are
+    quantized one after the other; the reference's "true sequential" variant, which re-runs the layer after
+    each sub-block, is not done here.
+    """
+
+    spec: QuantSpec
+    damp: float = 0.01  # λ = damp · mean(diag H)
+    block_size: int = 128  # columns per lazy batch
+    act_order: bool = False  # columns by descending diag(H)
+    static_groups: bool = False  # group qparams from the original W, up front
+
+    def quantize_layer(self, layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]:
+        linears = linear_layers(layer, family)
+        hessians = collect_hessians(layer, linears, inputs)
+        rows = []
+        for name, linear in linears.items():
+            W, H = linear.weight.data, hessians[name].H
+            r = gptq_quantize(
+                W,
+                H,
+                self.spec,
+                damp=self.damp,
+                block_size=self.block_size,
+                act_order=self.act_order,
+                static_groups=self.static_groups,
+            )
+            row = linear_report(name, W, r.Q, H)
+            rtn = linear_report(name, W, fake_quantize(W, self.spec), H)
+            row.update(rtn_output_rel_error=rtn["output_rel_error"], loss=r.loss, damp=r.damp)
+            W.copy_(r.Q)
+            rows.append(row)
+        return rows
+
+
+def quantize_model(
+    model: nn.Module,
+    spec: QuantSpec,
+    windows,
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+    static_groups: bool = False,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[dict]:
+    """GPTQ on every linear inside the decoder layers of `model`, in place (embeddings and lm_head stay).
+
+    windows: (n, seq) calibration token ids. Returns one row per linear (see `qviz.calib.linear_report`)
+    with, in addition, "rtn_output_rel_error" (plain rounding on the same inputs), "loss" and "damp".
+    """
+    check_spec(model, spec)
+    method = GPTQ(spec, damp, block_size, act_order, static_groups)
+    return quantize_layerwise(model, method, windows, batch_size=batch_size, progress=progress)

@@ -1,0 +1,274 @@
+"""Calibration: capture what each decoder layer (and each linear in it) sees, and the layer-by-layer driver
+that RTN, GPTQ and AWQ share.
+
+The driver never holds more than one decoder layer's activations:
+
+    windows (n, seq) --embeddings--> inputs of layer 0 (+ the keyword arguments every layer receives)
+    for each layer ℓ:
+        method.quantize_layer(layer ℓ, inputs, family)   # run layer ℓ with hooks, quantize its linears in place
+        inputs <- layer ℓ(inputs)                        # recomputed by the QUANTIZED layer: layer ℓ+1 is then
+                                                         # calibrated on what it will really receive
+
+Capturing layer 0's inputs uses the standard trick: replace every decoder layer's `forward` by a recorder
+that stores its arguments, and raise an exception in the last one so the rest of the model (final norm,
+lm_head) never runs. Recording every layer's keyword arguments matters: models such as Gemma 3 pass
+different attention masks and rotary embeddings to sliding-window and full-attention layers.
+
+A method is any object with
+
+    quantize_layer(layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]
+
+returning one plain dict per linear (at least {"linear": "self_attn.q_proj", ...}); the driver adds "layer".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .arch import ArchFamily, decoder_layers, family_of, linear_layers
+from .quant import QuantSpec, check_tensor, mse, sqnr_db
+
+__all__ = [
+    "Hessian",
+    "output_error",
+    "LayerInputs",
+    "LayerMethod",
+    "capture_layer_inputs",
+    "check_spec",
+    "collect_hessians",
+    "linear_report",
+    "capture_linear_inputs",
+    "quantize_layerwise",
+    "run_layer",
+]
+
+
+class Hessian:
+    """Running average H = 2/n · Σ x xᵀ over calibration tokens, in float32 (or float64 if asked).
+
+    >>> h = Hessian(2)
+    >>> h.add_batch(torch.tensor([[1.0, 0.0], [1.0, 2.0]]))  # 2 tokens: H = 2/2 · (x1x1ᵀ + x2x2ᵀ)
+    >>> h.H.tolist()
+    [[2.0, 2.0], [2.0, 4.0]]
+    """
+
+    def __init__(self, in_features: int, dtype: torch.dtype = torch.float32):
+        if in_features < 1:
+            raise ValueError(f"in_features must be positive, got {in_features}")
+        self.in_features = in_features
+        self.dtype = dtype
+        self.n_tokens = 0
+        self._H: torch.Tensor | None = None
+
+    def add_batch(self, X: torch.Tensor) -> None:
+        """X: (tokens, in_features) or (..., in_features), e.g. a linear's input (batch, seq, in_features)."""
+        if X.shape[-1] != self.in_features:
+            raise ValueError(f"X has {X.shape[-1]} features, this Hessian expects {self.in_features}")
+        X = X.reshape(-1, self.in_features).to(self.dtype)
+        n = X.shape[0]
+        if n == 0:
+            raise ValueError("add_batch got no tokens")
+        if not torch.isfinite(X).all():
+            raise ValueError("X has NaN or Inf values: calibration inputs must be finite")
+        if self._H is None:
+            self._H = torch.zeros(self.in_features, self.in_features, dtype=self.dtype, device=X.device)
+        self._H *= self.n_tokens / (self.n_tokens + n)  # running average: rescale the old mean
+        self.n_tokens += n
+        X = (2 / self.n_tokens) ** 0.5 * X
+        self._H += X.T @ X
+
+    @property
+    def H(self) -> torch.Tensor:
+        if self._H is None:
+            raise ValueError("no calibration tokens were added: call add_batch(X) first")
+        return self._H
+
+
+def output_error(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> float:
+    """½·tr((W − Q) H (W − Q)ᵀ): with H = 2XXᵀ/n, the mean over the n tokens of ‖(W − Q)x‖²."""
+    D = (W.to(H.dtype) - Q.to(H.dtype)).to(H.device)
+    return 0.5 * ((D @ H) * D).sum().item()
+
+
+@dataclass
+class LayerInputs:
+    """The calibration inputs of one decoder layer, one entry per forward call (a batch of windows)."""
+
+    hidden: list[torch.Tensor]  # hidden_states per call: (batch, seq, hidden_size)
+    kwargs: list[dict]  # the layer's keyword arguments per call: attention_mask, position_embeddings, ...
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+
+
+class LayerMethod(Protocol):
+    def quantize_layer(self, layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]: ...
+
+
+class _StopForward(Exception):
+    """Raised by the last recorder: everything after the decoder layers is skipped."""
+
+
+def _as_windows(windows) -> torch.Tensor:
+    """(n, seq) LongTensor from a tensor (n, seq) or (seq,), or a list of equal-length 1-D tensors."""
+    if isinstance(windows, (list, tuple)):
+        if not windows:
+            raise ValueError("no calibration windows: pass an (n, seq) tensor of token ids")
+        windows = torch.stack([torch.as_tensor(w) for w in windows])
+    if not isinstance(windows, torch.Tensor) or windows.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError("calibration windows must be an integer tensor of token ids, shape (n, seq)")
+    windows = windows.unsqueeze(0) if windows.dim() == 1 else windows
+    if windows.dim() != 2 or windows.numel() == 0:
+        raise ValueError(
+            f"calibration windows must have shape (n, seq) with n, seq >= 1, got {tuple(windows.shape)}"
+        )
+    return windows.long()
+
+
+@torch.no_grad()
+def capture_layer_inputs(
+    model: nn.Module, windows, *, batch_size: int = 8
+) -> tuple[LayerInputs, list[list[dict]]]:
+    """Run `windows` (n, seq) up to the first decoder layer.
+
+    Returns (inputs of layer 0, kwargs[ℓ][call]: the keyword arguments layer ℓ receives for each call).
+    """
+    windows = _as_windows(windows)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    layers = decoder_layers(model)
+    device = model.get_input_embeddings().weight.device
+    hidden, kwargs = [], [[] for _ in layers]
+
+    def recorder(index):
+        def forward(*args, **kw):
+            h = args[0] if args else kw.pop("hidden_states")
+            if index == 0:
+                hidden.append(h)
+            kwargs[index].append(kw)
+            if index == len(layers) - 1:
+                raise _StopForward
+            return h
+
+        return forward
+
+    saved = [layer.__dict__.get("forward") for layer in layers]  # e.g. accelerate's wrapper, if any
+    for index, layer in enumerate(layers):
+        layer.forward = recorder(index)  # an instance attribute shadows the class's forward
+    try:
+        for batch in windows.split(batch_size):
+            try:
+                model(input_ids=batch.to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        for layer, forward in zip(layers, saved):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
+    return LayerInputs(hidden, kwargs[0]), kwargs
+
+
+def run_layer(layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
+    """The layer's output hidden_states for every call of `inputs`."""
+    outputs = []
+    with torch.no_grad():
+        for h, kw in zip(inputs.hidden, inputs.kwargs):
+            out = layer(h, **kw)
+            outputs.append(out[0] if isinstance(out, tuple) else out)  # older transformers return tuples
+    return outputs
+
+
+def capture_linear_inputs(
+    layer: nn.Module,
+    linears: dict[str, nn.Linear],
+    inputs: LayerInputs,
+    fn: Callable[[str, torch.Tensor], None],
+) -> list[torch.Tensor]:
+    """Run the layer on `inputs` and call fn(name, X) with each linear's input X: (tokens, in_features).
+
+    Returns the layer's outputs (from the weights as they are now).
+    """
+
+    def hook(name):
+        return lambda module, args: fn(name, args[0].detach().reshape(-1, args[0].shape[-1]))
+
+    handles = [linear.register_forward_pre_hook(hook(name)) for name, linear in linears.items()]
+    try:
+        return run_layer(layer, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def quantize_layerwise(
+    model: nn.Module, method: LayerMethod, windows, *, batch_size: int = 8, progress: bool = True
+) -> list[dict]:
+    """Quantize `model` in place, one decoder layer at a time, with `method`; returns its per-linear rows.
+
+    windows: (n, seq) token ids (e.g. `qviz.data.calib_windows(tok, n=128, seqlen=512)`), run in batches of
+    `batch_size` windows. Each row is the method's dict for one linear, plus "layer": the layer index.
+    """
+    family = family_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        inputs, kwargs = capture_layer_inputs(model, windows, batch_size=batch_size)
+        rows = []
+        layers = decoder_layers(model)
+        for index, layer in enumerate(
+            tqdm(layers, desc=f"quantize {type(method).__name__}", disable=not progress)
+        ):
+            inputs = LayerInputs(inputs.hidden, kwargs[index])
+            for row in method.quantize_layer(layer, inputs, family):
+                rows.append({"layer": index, **row})
+            inputs = LayerInputs(run_layer(layer, inputs), kwargs[index])
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def collect_hessians(
+    layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs
+) -> dict[str, Hessian]:
+    """H = 2XXᵀ/n of every linear's input X over the calibration inputs of its layer (one pass)."""
+    hessians = {name: Hessian(linear.in_features) for name, linear in linears.items()}
+    capture_linear_inputs(layer, linears, inputs, lambda name, X: hessians[name].add_batch(X))
+    return hessians
+
+
+def linear_report(name: str, W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor | None = None) -> dict:
+    """One report row for a linear whose weight W (out, in) becomes Q.
+
+    weight_mse, sqnr_db: error of the weights themselves. With H = 2XXᵀ/n of the calibration inputs also
+    output_mse = mean over tokens and outputs of ((W − Q)x)², and output_rel_error = ‖WX − QX‖² / ‖WX‖²
+    (bias excluded: it cancels in the difference).
+    """
+    row = {"linear": name, "shape": tuple(W.shape), "weight_mse": mse(W, Q), "sqnr_db": sqnr_db(W, Q)}
+    if H is not None:
+        err = output_error(W, Q, H)
+        signal = output_error(W, torch.zeros_like(W), H)
+        row["output_mse"] = err / W.shape[0]
+        row["output_rel_error"] = err / signal if signal > 0 else float("nan")
+    return row
+
+
+def check_spec(model: nn.Module, spec: QuantSpec) -> None:
+    """Raise ValueError (naming the linear) before touching any weight if `spec` cannot quantize one of them,
+    e.g. group_size 128 on SmolLM2's in_features 576."""
+    family = family_of(model)
+    for index, layer in enumerate(decoder_layers(model)):
+        for name, linear in linear_layers(layer, family).items():
+            try:
+                check_tensor(linear.weight, spec)
+            except ValueError as err:
+                raise ValueError(f"layer {index} {name} {tuple(linear.weight.shape)}: {err}") from None

@@ -1,0 +1,152 @@
+import pytest
+import torch
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+from qviz.arch import decoder_layers, family_of, linear_layers
+from qviz.calib import (
+    Hessian,
+    capture_layer_inputs,
+    check_spec,
+    collect_hessians,
+    linear_report,
+    quantize_layerwise,
+    run_layer,
+)
+from qviz.quant import QuantSpec, fake_quantize
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_gemma3(seed=0):
+    """Sliding-window and full-attention layers receive different masks: the driver must keep both."""
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=64,
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
+def windows(n=5, seq=16, seed=1):
+    return torch.randint(0, 128, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+class Recorder:
+    """A method that quantizes nothing (or rounds with `spec`) and records what each layer received."""
+
+    def __init__(self, spec=None):
+        self.spec, self.inputs, self.outputs = spec, [], []
+
+    def quantize_layer(self, layer, inputs, family):
+        self.inputs.append(torch.cat(inputs.hidden))
+        if self.spec is not None:
+            for linear in linear_layers(layer, family).values():
+                linear.weight.data = fake_quantize(linear.weight.data, self.spec)
+        self.outputs.append(torch.cat(run_layer(layer, inputs)))
+        return [{"linear": "all", "tokens": inputs.n_tokens}]
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3"])
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_noop_driver_reproduces_hidden_states(make, batch_size):
+    model, ids = make(), windows()
+    method = Recorder()
+    rows = quantize_layerwise(model, method, ids, batch_size=batch_size, progress=False)
+    n_layers = len(decoder_layers(model))
+    assert [r["layer"] for r in rows] == list(range(n_layers))
+    assert all(r["tokens"] == 5 * 16 for r in rows)
+    with torch.no_grad():
+        hidden = model(
+            ids, output_hidden_states=True
+        ).hidden_states  # (embeddings, layer 1, ..., normed last)
+    for index in range(n_layers):
+        torch.testing.assert_close(method.inputs[index], hidden[index], rtol=1e-5, atol=1e-5)
+    for index in range(n_layers - 1):
+        torch.testing.assert_close(method.outputs[index], hidden[index + 1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.model.norm(method.outputs[-1]), hidden[-1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3"])
+def test_next_layer_sees_the_quantized_outputs(make):
+    model, ids = make(), windows()
+    method = Recorder(QuantSpec(bits=2))
+    quantize_layerwise(model, method, ids, batch_size=2, progress=False)
+    with torch.no_grad():  # the finished (quantized) model: layer ℓ's inputs are what the driver fed it
+        hidden = model(ids, output_hidden_states=True).hidden_states
+    for index, received in enumerate(method.inputs):
+        torch.testing.assert_close(received, hidden[index], rtol=1e-5, atol=1e-5)
+    float_hidden = make()(ids, output_hidden_states=True).hidden_states
+    assert not torch.allclose(method.inputs[1], float_hidden[1], atol=1e-3)  # rounding did change them
+
+
+def test_capture_restores_the_layers():
+    model = tiny_llama()
+    inputs, kwargs = capture_layer_inputs(model, windows(n=3), batch_size=2)
+    assert [h.shape for h in inputs.hidden] == [(2, 16, 64), (1, 16, 64)]
+    assert len(kwargs) == 2 and all(len(k) == 2 for k in kwargs)
+    assert all("forward" not in layer.__dict__ for layer in decoder_layers(model))
+    with torch.no_grad():
+        model(windows(n=1))  # runs normally again
+
+
+def test_hessians_equal_direct_computation():
+    model = tiny_llama()
+    inputs, _ = capture_layer_inputs(model, windows(), batch_size=2)
+    layer = decoder_layers(model)[0]
+    linears = linear_layers(layer, family_of(model))
+    hessians = collect_hessians(layer, linears, inputs)
+    with torch.no_grad():  # q/k/v read input_layernorm(hidden): compute H = 2XXᵀ/n by hand
+        X = layer.input_layernorm(torch.cat(inputs.hidden)).reshape(-1, 64)
+    for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+        torch.testing.assert_close(hessians[name].H, 2 * X.T @ X / X.shape[0], rtol=1e-5, atol=1e-6)
+    assert hessians["mlp.down_proj"].H.shape == (128, 128)
+    assert hessians["mlp.down_proj"].n_tokens == 80
+
+
+def test_linear_report_output_error():
+    g = torch.Generator().manual_seed(0)
+    W, X = torch.randn(8, 16, generator=g), torch.randn(50, 16, generator=g)
+    Q = fake_quantize(W, QuantSpec(bits=3))
+    h = Hessian(16)
+    h.add_batch(X)
+    row = linear_report("fc", W, Q, h.H)
+    direct = ((W - Q) @ X.T).pow(2).sum() / (W @ X.T).pow(2).sum()
+    assert row["output_rel_error"] == pytest.approx(direct.item(), rel=1e-4)
+    assert row["output_mse"] == pytest.approx(((W - Q) @ X.T).pow(2).mean().item(), rel=1e-4)
+    assert row["shape"] == (8, 16) and row["sqnr_db"] > 0
+
+
+def test_bad_inputs():
+    model = tiny_llama()
+    for bad in (
+        [],
+        torch.zeros(0, 4, dtype=torch.long),
+        torch.zeros(2, 4),
+        torch.zeros(2, 2, 2, dtype=torch.long),
+    ):
+        with pytest.raises(ValueError, match="windows"):
+            quantize_layerwise(model, Recorder(), bad, progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        capture_layer_inputs(model, windows(), batch_size=0)
+    with pytest.raises(ValueError, match=r"layer 0 self_attn.q_proj \(64, 64\): group_size 48"):
+        check_spec(model, QuantSpec(bits=4, group_size=48))
