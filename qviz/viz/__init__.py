@@ -5,3 +5,4 @@ One submodule per concept; everything public is re-exported here, so notebooks w
 from .quantization import *  # noqa: F401,F403
 from .numbers import *  # noqa: F401,F403
 from .model import *  # noqa: F401,F403
+from .packing import *  # noqa: F401,F403
