@@ -133,8 +133,10 @@ def _convert(entry: OfflineModel, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    steps = tqdm(total=4, desc=f"qviz: first load of {entry.name}, converting", unit="step")
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{entry.name}-") as tmp:
+    with (
+        tqdm(total=4, desc=f"qviz: first load of {entry.name}, converting", unit="step") as steps,
+        tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{entry.name}-") as tmp,
+    ):
         tmp = Path(tmp)
         gguf = _gguf_path(entry, tmp)
         steps.update()
@@ -160,7 +162,6 @@ def _convert(entry: OfflineModel, target: Path) -> None:
             if not (target / "qviz.json").exists():
                 raise
         steps.update()
-    steps.close()
     _conversions += 1
 
 
