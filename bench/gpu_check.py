@@ -126,22 +126,28 @@ def kernel_section(shapes, batches, device, dtypes, warmup, reps, rows, notes):
 
 
 def triton_sweep(ql, x, ref, device, warmup, reps, dense_ms, shape):
-    """The fastest of a few Triton tile shapes (BLOCK_M, BLOCK_N, BLOCK_K) at this batch: tuning data."""
+    """The fastest of a few Triton configurations (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K; None = the default
+    heuristic) at this batch: tuning data for the kernel's defaults."""
     from qviz.kernels.triton_w4a16 import w4a16_matmul
 
+    configs = [
+        (16, 32, 64, None),
+        (16, 32, 64, 1),
+        (16, 64, 128, 1),
+        (16, 32, 128, 4),
+        (16, 64, 128, 4),
+        (16, 32, 64, 8),
+    ]
     best = None
-    configs = [(16, 32, 64), (16, 64, 64), (16, 64, 128), (16, 128, 128), (16, 32, 256)]
-    for bm, bn, bk in configs if device.type == "cuda" else configs[:2]:  # the CPU interpreter is slow
-        fn = lambda bm=bm, bn=bn, bk=bk: w4a16_matmul(
-            x, ql.qweight, ql.scales, ql.zero_point, 128, None, bm, bn, bk
-        )
+    for cfg in configs if device.type == "cuda" else configs[:2]:  # the CPU interpreter is slow
+        fn = lambda cfg=cfg: w4a16_matmul(x, ql.qweight, ql.scales, ql.zero_point, ql.group_size, None, *cfg)
         ms = timer(fn, device, warmup, reps)
         if best is None or ms < best[0]:
             err = ((fn().float() - ref).abs().max() / ref.abs().max()).item()
-            best = (ms, (bm, bn, bk), err)
-    ms, blocks, err = best
+            best = (ms, cfg, err)
+    ms, cfg, err = best
     moved = int4_bytes(ql.out_features, ql.in_features) + (x.numel() + ref.numel()) * x.element_size()
-    label = f"triton best of sweep {blocks} ({str(x.dtype).removeprefix('torch.')})"
+    label = f"triton best of sweep {cfg} ({str(x.dtype).removeprefix('torch.')})"
     return (shape, x.shape[0], label, ms, moved / ms / 1e6, dense_ms[x.dtype] / ms, err)
 
 

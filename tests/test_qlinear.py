@@ -110,6 +110,19 @@ def test_triton_matches_reference(spec, dtype, atol):
 
 
 @needs_triton
+@pytest.mark.parametrize("split_k", [2, 3])
+def test_triton_split_k_sums_slices_of_k(split_k):
+    from qviz.kernels.triton_w4a16 import w4a16_matmul
+
+    ql = QuantLinear.from_linear(_linear(k=320, n=48), QuantSpec(bits=4, symmetric=False, group_size=64))
+    x = torch.randn(3, 320)
+    y = w4a16_matmul(
+        x, ql.qweight, ql.scales, ql.zero_point, 64, split_k=split_k
+    )  # 5 K blocks: uneven slices
+    torch.testing.assert_close(y, x @ ql.dequantized_weight().T, atol=1e-4, rtol=0)
+
+
+@needs_triton
 def test_triton_follows_act_order_g_idx():
     spec = QuantSpec(bits=4, symmetric=False, group_size=32)
     lin = _linear()

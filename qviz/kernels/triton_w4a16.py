@@ -43,20 +43,22 @@ def interpreter_active() -> bool:
 @triton.jit
 def _w4a16_kernel(
     x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, y_ptr,
-    M, N, K, group_size,
+    M, N, K, group_size, k_per_split,
     stride_xm, stride_xk, stride_qk, stride_qn, stride_sg, stride_sn, stride_ym, stride_yn,
-    HAS_G_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_G_IDX: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     # Which output tile is this program's? Rows offs_m of y, columns offs_n.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)  # split-K: this program sums only K rows [pid_k * k_per_split, + k_per_split)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     mask_m = offs_m < M
     mask_n = offs_n < N
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(pid_k * k_per_split, tl.minimum((pid_k + 1) * k_per_split, K), BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)  # (BLOCK_K,) input rows handled in this step
         mask_k = offs_k < K
 
@@ -93,12 +95,12 @@ def _w4a16_kernel(
         # 5. Multiply-accumulate on the tensor cores in the activations' precision, summing in float32.
         acc += tl.dot(x, w.to(x.dtype))
 
-    y = acc.to(y_ptr.dtype.element_ty)
-    tl.store(
-        y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
-        y,
-        mask=mask_m[:, None] & mask_n[None, :],
-    )
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    y_mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
+    else:  # several programs own this tile: add partial sums into a float32 output, zeroed beforehand
+        tl.atomic_add(y_ptrs, acc, mask=y_mask)
 
 
 def w4a16_matmul(
@@ -111,10 +113,14 @@ def w4a16_matmul(
     block_m: int = 16,
     block_n: int = 32,
     block_k: int = 64,
+    split_k: int | None = None,
 ) -> torch.Tensor:
     """y (M, N) = x (M, K) @ W.T, W given as qweight (K/8, N) int32, scales (K/G, N), zero_point (K/G, N).
 
     Block sizes must be powers of two, at least 16 (the smallest tile `tl.dot` accepts); block_k a multiple of 8.
+    split_k: programs sharing one output tile, each summing a slice of K. At batch 1 there are only N/block_n
+    tiles, too few to keep every streaming multiprocessor reading weights; None picks it from the GPU's SM
+    count (1 on the CPU interpreter and for batches over 16).
     """
     if x.device.type == "cpu" and not interpreter_active():
         raise ValueError(
@@ -131,13 +137,31 @@ def w4a16_matmul(
         )
     M, K = x.shape
     N = qweight.shape[1]
-    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    if split_k is None:
+        split_k = _default_split_k(x.device, tiles, M, K, block_k)
+    k_per_split = triton.cdiv(triton.cdiv(K, split_k), block_k) * block_k  # a whole number of K blocks
+    if split_k == 1:
+        y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    else:
+        y = torch.zeros(M, N, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n), split_k)
     _w4a16_kernel[grid](
         x, qweight, scales, zero_point, g_idx if g_idx is not None else qweight, y,
-        M, N, K, group_size,
+        M, N, K, group_size, k_per_split,
         x.stride(0), x.stride(1), qweight.stride(0), qweight.stride(1),
         scales.stride(0), scales.stride(1), y.stride(0), y.stride(1),
-        HAS_G_IDX=g_idx is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        HAS_G_IDX=g_idx is not None, SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
     )  # fmt: skip
-    return y
+    return y.to(x.dtype)
+
+
+def _default_split_k(device: torch.device, tiles: int, M: int, K: int, block_k: int) -> int:
+    """Enough K slices for about two programs per SM at small batch (a guess to tune with bench/gpu_check)."""
+    if device.type != "cuda" or M > 16:
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    split = 1
+    while tiles * split < 2 * sms and split < 8 and K // (2 * split) >= block_k:
+        split *= 2
+    return split
