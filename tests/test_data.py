@@ -30,6 +30,8 @@ def test_britannica_drops_scan_markup_and_starts_with_the_article():
     text = data.load_text("britannica")
     assert text.startswith("Shakespeare, William (1564--1616)")
     assert "### START" not in text and "\np.772:0\n" not in text
+    assert "BIBLIOGRAPHY" not in text and text.count("8vo") < 20  # the OCR book list at the end is cut
+    assert text.endswith("(M. H. S.)")
 
 
 def test_unknown_text_lists_the_choices():
