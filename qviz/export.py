@@ -34,10 +34,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .pack import pack_compressed_tensors, pack_gptq, unpack_compressed_tensors, unpack_gptq
-from .qlinear import QuantLinear
+from .qlinear import QuantLinear, quantize_linears
 from .quant import QuantizedTensor, QuantSpec
 
-__all__ = ["FORMATS", "QuantizedCheckpoint", "save_quantized", "load_quantized", "quantization_config"]
+__all__ = [
+    "FORMATS",
+    "QuantizedCheckpoint",
+    "save_quantized",
+    "load_quantized",
+    "load_quantized_model",
+    "quantization_config",
+]
 
 FORMATS = ("compressed-tensors", "gptq")
 SAFETENSORS = "model.safetensors"
@@ -221,3 +228,30 @@ def load_quantized(path: str | os.PathLike) -> QuantizedCheckpoint:
         raise ValueError(f"quant_method must be one of {FORMATS}, got {ckpt.format!r}")
     ckpt.tensors = tensors
     return ckpt
+
+
+def load_quantized_model(path: str | os.PathLike, backend: str = "auto") -> nn.Module:
+    """A transformers causal LM whose decoder linears are QuantLinear, rebuilt from a `save_quantized` folder.
+
+    The architecture comes from config.json, the float tensors and packed weights from model.safetensors;
+    no float copy of the quantized weights is ever made.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    ckpt = load_quantized(path)
+    cfg = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
+    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    dtypes = {t.dtype for t in ckpt.tensors.values() if t.is_floating_point()}
+    if len(dtypes) == 1:
+        model = model.to(dtypes.pop())
+    results = {name: (qt, ckpt.g_idx.get(name)) for name, qt in ckpt.quantized.items()}
+    quantize_linears(model, results, backend)
+    missing, unexpected = model.load_state_dict(ckpt.tensors, strict=False)
+    quantized = {f"{n}.{b}" for n in results for b in ("qweight", "scales", "zero_point", "g_idx")}
+    missing = [k for k in missing if k not in quantized]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model

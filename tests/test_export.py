@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import qviz.export
-from qviz.export import load_quantized, save_quantized
+from qviz.export import load_quantized, load_quantized_model, save_quantized
 from qviz.qlinear import QuantLinear, quantize_linears
 from qviz.quant import QuantSpec, quantize
 
@@ -80,6 +80,16 @@ def test_save_load_bit_exact(tmp_path, spec, fmt):
         assert qc["config_groups"]["group_0"]["weights"]["strategy"] == (
             "group" if spec.group_size else "channel"
         )
+
+
+@pytest.mark.parametrize("fmt", ["compressed-tensors", "gptq"])
+def test_load_quantized_model_computes_the_same_logits(tmp_path, fmt):
+    model = tiny_llama(QuantSpec(bits=4, symmetric=False, group_size=32))
+    loaded = load_quantized_model(save_quantized(model, tmp_path / "ckpt", format=fmt), backend="reference")
+    assert sum(isinstance(m, QuantLinear) for m in loaded.modules()) == 14
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
 def test_float32_model_keeps_float32_scales_in_compressed_tensors_and_fp16_in_gptq(tmp_path):
