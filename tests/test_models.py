@@ -70,19 +70,37 @@ def test_trust_remote_code_is_off_by_default():
     assert inspect.signature(models.load_model).parameters["trust_remote_code"].default is False
 
 
-def test_local_folder_loads_and_its_python_code_is_not_executed(tmp_path):
-    folder = save_tiny_folder(tmp_path / "ckpt")
-    marker = tmp_path / "PWNED"
+def malicious_folder(path, marker):
+    """A checkpoint whose config points at shipped code that, when imported, writes `marker`."""
+    folder = save_tiny_folder(path)
     (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
     (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_local_folder_loads_and_its_python_code_is_not_executed(tmp_path):
+    marker = tmp_path / "PWNED"
+    folder = malicious_folder(tmp_path / "ckpt", marker)
     try:
         model, tok = models.load_model(str(folder))
         assert type(model).__name__ == "LlamaForCausalLM"  # the library's own class, not the shipped code
     except ValueError as err:
         assert "trust_remote_code" in str(err)
     assert not marker.exists()
+
+
+def test_control_the_shipped_code_runs_when_trust_remote_code_is_asked(tmp_path, monkeypatch):
+    """Control for the test above: the same folder does run its code once the caller opts in."""
+    import transformers.dynamic_module_utils as dmu
+
+    monkeypatch.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # keep ~/.cache clean
+    marker = tmp_path / "PWNED"
+    folder = malicious_folder(tmp_path / "ckpt", marker)
+    with pytest.raises((AttributeError, ImportError, OSError, ValueError)):  # evil.py defines no classes
+        models.load_model(str(folder), trust_remote_code=True)
+    assert marker.exists()
 
 
 class _Payload:
