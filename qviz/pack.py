@@ -37,6 +37,7 @@ In every case (codes - zero_point) * scale, the float weight, is unchanged.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -193,6 +194,12 @@ def pack_gptq(
     if k % per_word or n % per_word:
         raise ValueError(
             f"GPTQ {bits}-bit needs in_features and out_features divisible by {per_word}, got {n}x{k}"
+        )
+    if bool((uz == 0).any()):
+        warnings.warn(
+            "a zero point of 0 is stored as zero - 1 = 2^b - 1 in GPTQ v1; qviz reads it back exactly, but other "
+            "v1 readers (and v1 -> v2 converters) see 2^b. Prefer symmetric specs or compressed-tensors for export.",
+            stacklevel=2,
         )
     if g_idx is None:
         g_idx = torch.arange(k, device=u.device) // group_size
