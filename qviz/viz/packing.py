@@ -31,10 +31,9 @@ def packed_word(layout: str, codes: list[int]) -> int:
         raise ValueError(f"pass eight codes in [0, 15], got {codes}")
     spec = QuantSpec(bits=4, symmetric=False)
 
-    def qt(c):  # unsigned codes, one group per row, zero point 0
-        return QuantizedTensor(
-            c, torch.ones(c.shape[0], 1), torch.zeros(c.shape[0], 1, dtype=torch.int32), spec
-        )
+    def qt(c):  # unsigned codes, one group per row, zero point 8 (only the codes are drawn)
+        zero_point = torch.full((c.shape[0], 1), 8, dtype=torch.int32)
+        return QuantizedTensor(c, torch.ones(c.shape[0], 1), zero_point, spec)
 
     if layout == "GPTQ":  # W (N=8, K=8): qweight[0, n] packs k = 0..7 of row n
         word = pack_gptq(qt(u.repeat(8, 1)))["qweight"][0, 0]
