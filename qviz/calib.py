@@ -134,15 +134,23 @@ def _as_windows(windows) -> torch.Tensor:
 
 @torch.no_grad()
 def capture_layer_inputs(
-    model: nn.Module, windows, *, batch_size: int = 8
+    model: nn.Module, windows, *, batch_size: int = 8, bos_token_id: int | str | None = "auto"
 ) -> tuple[LayerInputs, list[list[dict]]]:
     """Run `windows` (n, seq) up to the first decoder layer.
 
+    bos_token_id: prepended to every window; "auto" (default) takes `model.config.bos_token_id` when there is
+    one, as `qviz.eval` does, so the model is calibrated in the regime it is evaluated in; None: raw windows.
     Returns (inputs of layer 0, kwargs[ℓ][call]: the keyword arguments layer ℓ receives for each call).
     """
     windows = _as_windows(windows)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if bos_token_id == "auto":
+        bos_token_id = getattr(model.config, "bos_token_id", None)
+    if bos_token_id is not None:
+        if not isinstance(bos_token_id, int):
+            raise ValueError(f"bos_token_id must be an int, 'auto' or None, got {bos_token_id!r}")
+        windows = torch.cat([torch.full_like(windows[:, :1], bos_token_id), windows], dim=1)
     layers = decoder_layers(model)
     device = model.get_input_embeddings().weight.device
     hidden, kwargs = [], [[] for _ in layers]
@@ -193,13 +201,14 @@ def capture_linear_inputs(
     inputs: LayerInputs,
     fn: Callable[[str, torch.Tensor], None],
 ) -> list[torch.Tensor]:
-    """Run the layer on `inputs` and call fn(name, X) with each linear's input X: (tokens, in_features).
+    """Run the layer on `inputs` and call fn(name, X) with each linear's input X: (tokens, in_features)
+    (a view of the tensor the linear reads: do not modify it).
 
     Returns the layer's outputs (from the weights as they are now).
     """
 
     def hook(name):
-        return lambda module, args: fn(name, args[0].detach().reshape(-1, args[0].shape[-1]))
+        return lambda module, args: fn(name, args[0].reshape(-1, args[0].shape[-1]))
 
     handles = [linear.register_forward_pre_hook(hook(name)) for name, linear in linears.items()]
     try:
@@ -211,18 +220,27 @@ def capture_linear_inputs(
 
 @torch.no_grad()
 def quantize_layerwise(
-    model: nn.Module, method: LayerMethod, windows, *, batch_size: int = 8, progress: bool = True
+    model: nn.Module,
+    method: LayerMethod,
+    windows,
+    *,
+    batch_size: int = 8,
+    bos_token_id: int | str | None = "auto",
+    progress: bool = True,
 ) -> list[dict]:
     """Quantize `model` in place, one decoder layer at a time, with `method`; returns its per-linear rows.
 
     windows: (n, seq) token ids (e.g. `qviz.data.calib_windows(tok, n=128, seqlen=512)`), run in batches of
-    `batch_size` windows. Each row is the method's dict for one linear, plus "layer": the layer index.
+    `batch_size` windows, each prefixed with BOS (see `capture_layer_inputs`). Each row is the method's dict
+    for one linear, plus "layer": the layer index.
     """
     family = family_of(model)
     was_training = model.training
     model.eval()
     try:
-        inputs, kwargs = capture_layer_inputs(model, windows, batch_size=batch_size)
+        inputs, kwargs = capture_layer_inputs(
+            model, windows, batch_size=batch_size, bos_token_id=bos_token_id
+        )
         rows = []
         layers = decoder_layers(model)
         for index, layer in enumerate(
@@ -240,9 +258,25 @@ def quantize_layerwise(
 def collect_hessians(
     layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs
 ) -> dict[str, Hessian]:
-    """H = 2XXᵀ/n of every linear's input X over the calibration inputs of its layer (one pass)."""
-    hessians = {name: Hessian(linear.in_features) for name, linear in linears.items()}
-    capture_linear_inputs(layer, linears, inputs, lambda name, X: hessians[name].add_batch(X))
+    """H = 2XXᵀ/n of every linear's input X over the calibration inputs of its layer (one pass).
+
+    Linears that read the very same tensor (q/k/v after the input norm, gate/up) share ONE Hessian object,
+    accumulated once: `hessians["self_attn.q_proj"] is hessians["self_attn.k_proj"]`.
+    """
+    hessians, owner, first_call = {}, {}, []  # first_call keeps (name, X) alive: no address is reused
+
+    def add(name, X):
+        if name not in hessians:
+            shared = next(
+                (n for n, Y in first_call if Y.data_ptr() == X.data_ptr() and Y.shape == X.shape), None
+            )
+            owner[name] = shared is None
+            hessians[name] = Hessian(X.shape[-1]) if shared is None else hessians[shared]
+            first_call.append((name, X))
+        if owner[name]:
+            hessians[name].add_batch(X)
+
+    capture_linear_inputs(layer, linears, inputs, add)
     return hessians
 
 

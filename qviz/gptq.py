@@ -262,11 +262,19 @@ class GPTQ:
     def quantize_layer(self, layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]:
         linears = linear_layers(layer, family)
         hessians = collect_hessians(layer, linears, inputs)
+        # Linears that read the same input (q/k/v, gate/up) share H. GPTQ treats rows independently, so they
+        # are quantized as one stacked weight: same result, one Cholesky and one column loop. Not per-tensor:
+        # there the single scale would be shared across the stack.
+        stacks: dict[int, list[str]] = {}
+        for name in linears:
+            key = id(hessians[name]) if self.spec.granularity != "tensor" else len(stacks)
+            stacks.setdefault(key, []).append(name)
         rows = []
-        for name, linear in linears.items():
-            W, H = linear.weight.data, hessians[name].H
+        for names in stacks.values():
+            H = hessians[names[0]].H
+            weights = [linears[name].weight.data for name in names]
             r = gptq_quantize(
-                W,
+                torch.cat(weights),
                 H,
                 self.spec,
                 damp=self.damp,
@@ -274,11 +282,14 @@ class GPTQ:
                 act_order=self.act_order,
                 static_groups=self.static_groups,
             )
-            row = linear_report(name, W, r.Q, H)
-            rtn = linear_report(name, W, fake_quantize(W, self.spec), H)
-            row.update(rtn_output_rel_error=rtn["output_rel_error"], loss=r.loss, damp=r.damp)
-            W.copy_(r.Q)
-            rows.append(row)
+            for name, W, Q in zip(names, weights, r.Q.split([w.shape[0] for w in weights])):
+                row = linear_report(name, W, Q, H)
+                rtn = output_error(W, fake_quantize(W, self.spec), H) / output_error(
+                    W, torch.zeros_like(W), H
+                )
+                row.update(rtn_output_rel_error=rtn, damp=r.damp)
+                W.copy_(Q)
+                rows.append(row)
         return rows
 
 
@@ -292,13 +303,17 @@ def quantize_model(
     act_order: bool = False,
     static_groups: bool = False,
     batch_size: int = 8,
+    bos_token_id: int | str | None = "auto",
     progress: bool = True,
 ) -> list[dict]:
     """GPTQ on every linear inside the decoder layers of `model`, in place (embeddings and lm_head stay).
 
-    windows: (n, seq) calibration token ids. Returns one row per linear (see `qviz.calib.linear_report`)
-    with, in addition, "rtn_output_rel_error" (plain rounding on the same inputs), "loss" and "damp".
+    windows: (n, seq) calibration token ids, each prefixed with BOS by default (`bos_token_id`, as in
+    `qviz.calib.capture_layer_inputs`). Returns one row per linear (see `qviz.calib.linear_report`)
+    with, in addition, "rtn_output_rel_error" (plain rounding on the same inputs) and "damp" (the damping used).
     """
     check_spec(model, spec)
     method = GPTQ(spec, damp, block_size, act_order, static_groups)
-    return quantize_layerwise(model, method, windows, batch_size=batch_size, progress=progress)
+    return quantize_layerwise(
+        model, method, windows, batch_size=batch_size, bos_token_id=bos_token_id, progress=progress
+    )

@@ -45,7 +45,13 @@ class RTN:
 
 @torch.no_grad()
 def quantize_model(
-    model: nn.Module, spec: QuantSpec, windows=None, *, batch_size: int = 8, progress: bool = True
+    model: nn.Module,
+    spec: QuantSpec,
+    windows=None,
+    *,
+    batch_size: int = 8,
+    bos_token_id: int | str | None = "auto",
+    progress: bool = True,
 ) -> list[dict]:
     """RTN on every linear inside the decoder layers of `model`, in place. Returns one row per linear:
     {"layer", "linear", "shape", "weight_mse", "sqnr_db"} and, when `windows` (n, seq) are given,
@@ -56,7 +62,9 @@ def quantize_model(
     """
     check_spec(model, spec)
     if windows is not None:
-        return quantize_layerwise(model, RTN(spec), windows, batch_size=batch_size, progress=progress)
+        return quantize_layerwise(
+            model, RTN(spec), windows, batch_size=batch_size, bos_token_id=bos_token_id, progress=progress
+        )
     family, rows = family_of(model), []
     for index, layer in enumerate(tqdm(decoder_layers(model), desc="quantize RTN", disable=not progress)):
         for name, linear in linear_layers(layer, family).items():

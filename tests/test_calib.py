@@ -71,7 +71,7 @@ class Recorder:
 def test_noop_driver_reproduces_hidden_states(make, batch_size):
     model, ids = make(), windows()
     method = Recorder()
-    rows = quantize_layerwise(model, method, ids, batch_size=batch_size, progress=False)
+    rows = quantize_layerwise(model, method, ids, batch_size=batch_size, bos_token_id=None, progress=False)
     n_layers = len(decoder_layers(model))
     assert [r["layer"] for r in rows] == list(range(n_layers))
     assert all(r["tokens"] == 5 * 16 for r in rows)
@@ -90,7 +90,7 @@ def test_noop_driver_reproduces_hidden_states(make, batch_size):
 def test_next_layer_sees_the_quantized_outputs(make):
     model, ids = make(), windows()
     method = Recorder(QuantSpec(bits=2))
-    quantize_layerwise(model, method, ids, batch_size=2, progress=False)
+    quantize_layerwise(model, method, ids, batch_size=2, bos_token_id=None, progress=False)
     with torch.no_grad():  # the finished (quantized) model: layer ℓ's inputs are what the driver fed it
         hidden = model(ids, output_hidden_states=True).hidden_states
     for index, received in enumerate(method.inputs):
@@ -102,7 +102,7 @@ def test_next_layer_sees_the_quantized_outputs(make):
 def test_capture_restores_the_layers():
     model = tiny_llama()
     inputs, kwargs = capture_layer_inputs(model, windows(n=3), batch_size=2)
-    assert [h.shape for h in inputs.hidden] == [(2, 16, 64), (1, 16, 64)]
+    assert [h.shape for h in inputs.hidden] == [(2, 17, 64), (1, 17, 64)]  # BOS + 16 tokens
     assert len(kwargs) == 2 and all(len(k) == 2 for k in kwargs)
     assert all("forward" not in layer.__dict__ for layer in decoder_layers(model))
     with torch.no_grad():
@@ -120,7 +120,7 @@ def test_hessians_equal_direct_computation():
     for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
         torch.testing.assert_close(hessians[name].H, 2 * X.T @ X / X.shape[0], rtol=1e-5, atol=1e-6)
     assert hessians["mlp.down_proj"].H.shape == (128, 128)
-    assert hessians["mlp.down_proj"].n_tokens == 80
+    assert hessians["mlp.down_proj"].n_tokens == 5 * 17  # BOS + 16 tokens per window
 
 
 def test_linear_report_output_error():
@@ -150,3 +150,15 @@ def test_bad_inputs():
         capture_layer_inputs(model, windows(), batch_size=0)
     with pytest.raises(ValueError, match=r"layer 0 self_attn.q_proj \(64, 64\): group_size 48"):
         check_spec(model, QuantSpec(bits=4, group_size=48))
+
+
+def test_bos_is_prepended_like_eval():
+    model, ids = tiny_llama(), windows(n=2)
+    method = Recorder()
+    quantize_layerwise(model, method, ids, progress=False)  # "auto": config.bos_token_id (1 here)
+    with_bos = torch.cat([torch.full((2, 1), model.config.bos_token_id), ids], dim=1)
+    with torch.no_grad():
+        hidden = model(with_bos, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(method.inputs[1], hidden[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="bos_token_id"):
+        capture_layer_inputs(model, ids, bos_token_id="<s>")
