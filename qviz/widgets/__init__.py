@@ -5,3 +5,4 @@ One submodule per concept; everything public is re-exported here.
 from .quantization import *  # noqa: F401,F403
 from .numbers import *  # noqa: F401,F403
 from .model import *  # noqa: F401,F403
+from .gptq import *  # noqa: F401,F403

@@ -1,0 +1,128 @@
+"""The GPTQ layer explorer: sliders over damping, block size, group size, act-order and bits on ONE linear
+whose Hessian H = 2XXᵀ/n was computed once; each change re-runs GPTQ and RTN on that layer.
+
+The score is the relative output error ‖WX − QX‖² / ‖WX‖² on the calibration inputs, computed from H alone
+(`qviz.calib.output_error`): no activations are kept. Pick a small linear (e.g. Gemma's k_proj, 256 × 640):
+one GPTQ pass then takes well under a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ipywidgets as W
+import plotly.graph_objects as go
+import torch
+
+from qviz.calib import output_error
+from qviz.gptq import gptq_quantize
+from qviz.quant import QuantSpec, fake_quantize
+
+__all__ = ["GPTQLayerExplorer", "layer_output_errors"]
+
+GROUP_CHOICES = ("per-channel", 32, 64, 128)
+BLOCK_CHOICES = (1, 16, 32, 64, 128)
+
+
+def layer_output_errors(
+    W_: torch.Tensor,
+    H: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+) -> dict:
+    """Relative output error ‖WX − QX‖² / ‖WX‖² of GPTQ and of RTN for one weight W_ (out, in) under `spec`,
+    with H (in, in) the Hessian of its calibration inputs. Also the damping GPTQ finally used."""
+    signal = output_error(W_, torch.zeros_like(W_), H)
+    r = gptq_quantize(W_, H, spec, damp=damp, block_size=block_size, act_order=act_order)
+    return dict(
+        gptq=output_error(W_, r.Q, H) / signal,
+        rtn=output_error(W_, fake_quantize(W_, spec), H) / signal,
+        damp=r.damp,
+    )
+
+
+class GPTQLayerExplorer:
+    """Sliders on one cached layer. weight: (out_features, in_features); H: (in_features, in_features).
+
+    `state` holds the last computation (the dict of `layer_output_errors`, plus "spec" and "seconds").
+    """
+
+    def __init__(self, weight: torch.Tensor, H: torch.Tensor, name: str = "layer"):
+        self.weight, self.H, self.name = weight.detach().float().cpu(), H.detach().cpu(), name
+        in_features = self.weight.shape[1]
+        groups = [g for g in GROUP_CHOICES if g == "per-channel" or in_features % g == 0]
+        style = dict(continuous_update=False)
+        self.bits = W.IntSlider(value=4, min=2, max=8, description="bits", **style)
+        self.group = W.Dropdown(options=groups, value=groups[-1], description="group size")
+        self.damp = W.FloatLogSlider(
+            value=0.01, base=10, min=-4, max=0, step=0.5, description="damp", readout_format=".0e", **style
+        )
+        self.block = W.Dropdown(options=BLOCK_CHOICES, value=128, description="block size")
+        self.act_order = W.Checkbox(value=False, description="act-order")
+        self.summary = W.HTML()
+        self.fig = self._build()
+        for control in self.controls:
+            control.observe(self._update, names="value")
+        self._update()
+
+    @property
+    def controls(self) -> tuple:
+        return (self.bits, self.group, self.damp, self.block, self.act_order)
+
+    def spec(self) -> QuantSpec:
+        if self.group.value == "per-channel":
+            return QuantSpec(bits=self.bits.value)
+        return QuantSpec(bits=self.bits.value, group_size=self.group.value)
+
+    def _build(self) -> go.FigureWidget:
+        fig = go.FigureWidget()
+        fig.add_bar(
+            x=["RTN", "GPTQ"], y=[1.0, 1.0], marker_color=["#d62728", "#2ca02c"], textposition="outside",
+            text=["", ""],
+        )  # fmt: skip
+        fig.update_layout(
+            title=f"Output error of {self.name} {tuple(self.weight.shape)}", template="plotly_white",
+            xaxis_title="method", yaxis_title="‖WX − QX‖² / ‖WX‖² on calibration tokens (log)",
+            yaxis_type="log", height=420,
+        )  # fmt: skip
+        return fig
+
+    def _update(self, change=None) -> None:
+        spec = self.spec()
+        start = time.perf_counter()
+        state = layer_output_errors(
+            self.weight, self.H, spec, damp=self.damp.value, block_size=self.block.value,
+            act_order=self.act_order.value,
+        )  # fmt: skip
+        state.update(spec=spec, seconds=time.perf_counter() - start)
+        with self.fig.batch_update():
+            self.fig.data[0].y = [state["rtn"], state["gptq"]]
+            self.fig.data[0].text = [f"{state['rtn']:.2e}", f"{state['gptq']:.2e}"]
+            self.fig.layout.title.text = (
+                f"Output error of {self.name} {tuple(self.weight.shape)}, {spec.label}"
+            )
+        retry = f" (Cholesky needed damp={state['damp']:g})" if state["damp"] != self.damp.value else ""
+        self.summary.value = (
+            f"<b>{spec.label}</b>: GPTQ's output error is <b>{state['gptq'] / state['rtn']:.2f}×</b> RTN's"
+            f"{retry}; computed in {state['seconds']:.2f} s"
+        )
+        self.state = state
+
+    def set(self, **values) -> None:
+        """Move controls from code, e.g. explorer.set(bits=3, act_order=True): same path as a slider."""
+        for key, value in values.items():
+            getattr(self, key).value = value
+
+    def show(self):
+        return W.VBox(
+            [W.HBox([W.VBox([self.bits, self.group, self.damp]), W.VBox([self.block, self.act_order])]),
+             self.summary, self.fig]
+        )  # fmt: skip
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.show())
