@@ -26,8 +26,7 @@ sets the time (s_x and the clipping samples come from one pass over all calibrat
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -44,7 +43,7 @@ from .awq_scale import (
     mean_abs,
     output_mse,
 )
-from .calib import LayerInputs, quantize_layerwise
+from .calib import LayerInputs, check_spec, collect_hessians, linear_report, output_error, quantize_layerwise
 from .quant import QuantSpec, fake_quantize
 
 __all__ = [  # the whole AWQ API, including the single-weight pieces of awq_scale and awq_clip
@@ -54,7 +53,6 @@ __all__ = [  # the whole AWQ API, including the single-weight pieces of awq_scal
     "ClipResult",
     "GroupResult",
     "LinearAWQ",
-    "LinearResult",
     "SalientResult",
     "apply_clip",
     "awq_fake_quantize",
@@ -79,21 +77,16 @@ class AWQConfig:
     clip: bool = True  # run the clipping search after scaling
     clip_grid: int = 20  # clip bounds max·(1 − i/clip_grid) ...
     max_shrink: float = 0.5  # ... for i < max_shrink·clip_grid: 1, 0.95, ..., 0.55
-    clip_tokens: int = 512  # evenly spaced input tokens the clipping search measures on
     no_clip: tuple[str, ...] = ("q_proj", "k_proj")  # last name parts never clipped (errors meet in QKᵀ)
 
     def __post_init__(self):
-        for name in ("n_grid", "clip_grid", "clip_tokens"):
+        for name in ("n_grid", "clip_grid", "search_tokens"):
             value = getattr(self, name)
+            if name == "search_tokens" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.search_tokens is not None and (
-            isinstance(self.search_tokens, bool) or not isinstance(self.search_tokens, int)
-        ):
-            raise ValueError(f"search_tokens must be a positive integer or None, got {self.search_tokens!r}")
-        if self.search_tokens is not None and self.search_tokens < 1:
-            raise ValueError(f"search_tokens must be a positive integer or None, got {self.search_tokens}")
-        if not 0 < self.max_shrink < 1:
+        if not (isinstance(self.max_shrink, (int, float)) and 0 < self.max_shrink < 1):
             raise ValueError(f"max_shrink must be in (0, 1), got {self.max_shrink!r}")
 
     @property
@@ -115,19 +108,6 @@ class GroupResult:
     scales: list[float]  # s(α*) per input channel
     mean_abs: list[float]  # s_x per input channel
     search_tokens: int  # tokens the search ran on
-
-
-@dataclass(frozen=True)
-class LinearResult:
-    """One linear of one layer after AWQ, errors measured on the sampled calibration tokens."""
-
-    layer: int
-    name: str  # dotted name inside the layer, e.g. "mlp.down_proj"
-    rtn_error: float  # mean over tokens/outputs of (W x − Q(W) x)²: plain rounding
-    awq_error: float  # same for AWQ (scaled, clipped, rounded): (W x − Q(W·s) s⁻¹x)²
-    clip_ratio: float | None  # mean chosen clip ratio (1 = no clipping); None when not searched
-    clip_error_before: float | None  # clipping search objective at ratio 1
-    clip_error_after: float | None  # ... at the chosen ratios
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
@@ -160,27 +140,28 @@ def fold_scales(layer: nn.Module, group: ScaleGroup, s: torch.Tensor, family: Ar
 
 
 class _Capture:
-    """Hooks on one decoder layer's forward: per-linear input statistics and token samples, and the
-    inputs/outputs of each scale group's `inspect` module on the search calls."""
+    """Hooks on one decoder layer: Σ|X| per input channel of the groups' linears, and the (args, kwargs,
+    output) of each group's `inspect` module on the search calls."""
 
-    def __init__(self, layer, linears, inspect_names, search_calls: set[int], sample_stride: int):
+    def __init__(self, layer: nn.Module, stats: list[str], inspect: set[str], search_calls: set[int]):
         self.sum_abs: dict[str, torch.Tensor] = {}
         self.count: dict[str, int] = {}
-        self.sample: dict[str, list[torch.Tensor]] = {name: [] for name in linears}
-        self.calls: dict[str, list] = {name: [] for name in inspect_names}  # [(args, kwargs, output)]
-        self.call = 0
-        self.search_calls, self.stride = search_calls, sample_stride
-        self.handles = [m.register_forward_pre_hook(self._linear_hook(n)) for n, m in linears.items()]
-        for name in inspect_names:
-            module = _get(layer, name)
-            self.handles.append(module.register_forward_hook(self._inspect_hook(name), with_kwargs=True))
+        self.calls: dict[str, list] = {name: [] for name in inspect}
+        self.call, self.search_calls = -1, search_calls
+        self.handles = [layer.register_forward_pre_hook(self._next_call)]
+        self.handles += [_get(layer, n).register_forward_pre_hook(self._stats_hook(n)) for n in stats]
+        self.handles += [
+            _get(layer, n).register_forward_hook(self._inspect_hook(n), with_kwargs=True) for n in inspect
+        ]
 
-    def _linear_hook(self, name):
+    def _next_call(self, module, args):
+        self.call += 1
+
+    def _stats_hook(self, name):
         def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
-            self.sum_abs[name] = self.sum_abs.get(name, 0) + x.abs().double().sum(0)
-            self.count[name] = self.count.get(name, 0) + x.shape[0]
-            self.sample[name].append(x[:: self.stride].float())
+            X = args[0].detach().reshape(-1, args[0].shape[-1])
+            self.sum_abs[name] = self.sum_abs.get(name, 0) + X.abs().double().sum(0)
+            self.count[name] = self.count.get(name, 0) + X.shape[0]
 
         return hook
 
@@ -197,24 +178,12 @@ class _Capture:
             handle.remove()
 
 
-def _calls(inputs, kwargs) -> list[tuple[torch.Tensor, dict]]:
-    """(hidden_states, kwargs) per forward call; kwargs is one dict for all calls or one per call."""
-    if isinstance(inputs, torch.Tensor):
-        inputs = [inputs]
-    inputs = list(inputs)
-    if not inputs or any(x.numel() == 0 for x in inputs):
-        raise ValueError("AWQ needs calibration inputs: got no tokens for this layer")
-    kwargs = [kwargs or {}] * len(inputs) if kwargs is None or isinstance(kwargs, dict) else list(kwargs)
-    if len(kwargs) != len(inputs):
-        raise ValueError(f"got {len(inputs)} inputs but {len(kwargs)} kwargs dicts")
-    return list(zip(inputs, kwargs))
-
-
-def _search_calls(calls, search_tokens: int | None) -> list[int]:
+def _search_calls(inputs: LayerInputs, search_tokens: int | None) -> set[int]:
     """Evenly spaced call indices holding at least `search_tokens` tokens (all calls for None)."""
-    per_call = calls[0][0].shape[:-1].numel()
-    n = len(calls) if search_tokens is None else min(len(calls), math.ceil(search_tokens / per_call))
-    return sorted({round(i * (len(calls) - 1) / max(n - 1, 1)) for i in range(n)})
+    n_calls = len(inputs.hidden)
+    per_call = inputs.hidden[0].shape[:-1].numel()
+    n = n_calls if search_tokens is None else min(n_calls, math.ceil(search_tokens / per_call))
+    return {round(i * (n_calls - 1) / max(n - 1, 1)) for i in range(n)}
 
 
 def _output_mse(module: nn.Module, calls) -> float:
@@ -246,91 +215,79 @@ def _grid_search(layer, group: ScaleGroup, s_x, spec, calls, alphas) -> list[flo
     return losses
 
 
-def _linear_mse(X, W, X_ref, W_ref, out_scale=None) -> float:
-    """mean (X Wᵀ·diag(out_scale) − X_ref W_refᵀ)²: out_scale undoes a 1/s folded into W's output rows."""
-    Y = X @ W.float().T
-    if out_scale is not None:
-        Y = Y * out_scale
-    return (Y - X_ref @ W_ref.float().T).pow(2).mean().item()
-
-
 @torch.no_grad()
 def awq_layer(
     layer: nn.Module,
-    inputs: torch.Tensor | Sequence[torch.Tensor],
-    kwargs: dict | Sequence[dict] | None,
+    inputs: LayerInputs,
     family: ArchFamily,
     spec: QuantSpec,
     config: AWQConfig = AWQConfig(),
     *,
     index: int = 0,
-) -> tuple[list[GroupResult], list[LinearResult]]:
+) -> tuple[list[GroupResult], list[dict]]:
     """AWQ on one decoder layer, in place: search and fold the scales, clip, and round every linear.
 
-    inputs: the layer's hidden_states, one tensor (batch, seq, hidden) per forward call; kwargs: the layer's
-    forward kwargs (position embeddings, attention mask, ...), one dict for all calls or one per call.
-    index: the layer's position, recorded in the results. The layer's linears end up holding the dequantized
-    weights Q(W·s)·... in the scaled coordinates; the norms / previous linears hold the folded 1/s.
+    inputs: the layer's calibration inputs (`qviz.calib.LayerInputs`: hidden_states and kwargs per call).
+    Returns (one GroupResult per scale group, one report row per linear). A row is
+    `qviz.calib.linear_report` of the linear's effective weight diag(s_out)·Q(W·s)·diag(s)⁻¹ against the
+    original W (so it compares with RTN's and GPTQ's rows), plus "rtn_output_rel_error" (plain rounding) and
+    "clip_ratio" (mean chosen ratio; None when not searched). Afterwards the linears hold Q(W·s) and the
+    norms / previous linears the folded 1/s. index: the layer's position, recorded in the results.
     """
-    calls = _calls(inputs, kwargs)
+    if not inputs.hidden or inputs.n_tokens == 0:
+        raise ValueError("AWQ needs calibration inputs: got no tokens for this layer")
     linears = linear_layers(layer, family)
     groups = scale_groups(layer, family)
-    search = _search_calls(calls, config.search_tokens)
-    total = sum(x.shape[:-1].numel() for x, _ in calls)
-    capture = _Capture(
-        layer, linears, {g.inspect for g in groups}, set(search), max(1, total // config.clip_tokens)
-    )
+    search = _search_calls(inputs, config.search_tokens)
+    capture = _Capture(layer, [g.linears[0] for g in groups], {g.inspect for g in groups}, search)
     try:
-        for i, (x, kw) in enumerate(calls):
-            capture.call = i
-            layer(x, **kw)
+        hessians = collect_hessians(layer, linears, inputs)  # one pass: H = 2XᵀX/n for every linear
     finally:
         capture.remove()
-    X0 = {name: torch.cat(xs)[: config.clip_tokens] for name, xs in capture.sample.items()}
     W0 = {name: lin.weight.detach().clone() for name, lin in linears.items()}
-    X = dict(X0)
-    out_scale = {}  # linear -> s folded into its output rows (it is the prev_op of a later group)
+    s_in, s_out = {}, {}  # linear -> s multiplied into its input columns / folded (1/s) into its output rows
 
     group_results = []
     for group in groups:
         first = group.linears[0]
         s_x = (capture.sum_abs[first] / capture.count[first]).float()
-        calls_g = capture.calls[group.inspect]
-        losses = _grid_search(layer, group, s_x, spec, calls_g, config.alphas)
+        calls = capture.calls[group.inspect]
+        losses = _grid_search(layer, group, s_x, spec, calls, config.alphas)
         best = min(range(len(losses)), key=losses.__getitem__)
         s = awq_scale(s_x, config.alphas[best])
         fold_scales(layer, group, s, family)
-        for name in group.linears:
-            X[name] = X[name] / s.to(X[name].device)
+        s_in.update(dict.fromkeys(group.linears, s))
         if group.prev_op in linears:
-            out_scale[group.prev_op] = s.to(X0[group.prev_op].device)
-        n_search = sum(call[2].shape[:-1].numel() for call in calls_g)
+            s_out[group.prev_op] = s
+        n_search = sum(call[2].shape[:-1].numel() for call in calls)
         group_results.append(
             GroupResult(index, group.prev_op, group.linears, group.inspect, config.alphas, losses,
                         config.alphas[best], s.tolist(), s_x.tolist(), n_search)
         )  # fmt: skip
 
-    linear_results = []
+    rows = []
     for name, lin in linears.items():
+        H = hessians[name].H
         W = lin.weight.detach()
         clip = None
         if config.clip and name.rsplit(".", 1)[-1] not in config.no_clip and spec.granularity != "tensor":
-            clip = clip_search(W, X[name], spec, n_grid=config.clip_grid, max_shrink=config.max_shrink)
+            Hs = H if name not in s_in else H / torch.outer(s_in[name], s_in[name]).to(H)  # input X/s
+            clip = clip_search(W, Hs, spec, n_grid=config.clip_grid, max_shrink=config.max_shrink)
             W = apply_clip(W, clip.max_val)
         Q = fake_quantize(W, spec)
         lin.weight.copy_(Q)
-        linear_results.append(
-            LinearResult(
-                index,
-                name,
-                rtn_error=_linear_mse(X0[name], fake_quantize(W0[name], spec), X0[name], W0[name]),
-                awq_error=_linear_mse(X[name], Q, X0[name], W0[name], out_scale.get(name)),
-                clip_ratio=None if clip is None else clip.ratio.mean().item(),
-                clip_error_before=None if clip is None else clip.error_before,
-                clip_error_after=None if clip is None else clip.error_after,
-            )
-        )
-    return group_results, linear_results
+        Q_eff = Q.float()  # the same weight in the original coordinates: diag(s_out)·Q·diag(s_in)⁻¹
+        if name in s_in:
+            Q_eff = Q_eff / s_in[name]
+        if name in s_out:
+            Q_eff = Q_eff * s_out[name][:, None]
+        row = linear_report(name, W0[name], Q_eff, H)
+        signal = output_error(W0[name], torch.zeros_like(W0[name]), H)
+        rtn = output_error(W0[name], fake_quantize(W0[name], spec), H)
+        row.update(rtn_output_rel_error=rtn / signal if signal > 0 else float("nan"),
+                   clip_ratio=None if clip is None else clip.ratio.mean().item())  # fmt: skip
+        rows.append(row)
+    return group_results, rows
 
 
 class AWQ:
@@ -340,17 +297,13 @@ class AWQ:
     def __init__(self, spec: QuantSpec, config: AWQConfig = AWQConfig()):
         self.spec, self.config = spec, config
         self.groups: list[GroupResult] = []
-        self.linears: list[LinearResult] = []
+        self.layers_done = 0
 
     def quantize_layer(self, layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]:
-        index = len({r.layer for r in self.linears})  # the driver visits layers in order
-        groups, linears = awq_layer(
-            layer, inputs.hidden, inputs.kwargs, family, self.spec, self.config, index=index
-        )
+        groups, rows = awq_layer(layer, inputs, family, self.spec, self.config, index=self.layers_done)
         self.groups += groups
-        self.linears += linears
-        return [{"linear": r.name, **{k: v for k, v in asdict(r).items() if k not in ("layer", "name")}}
-                for r in linears]  # fmt: skip
+        self.layers_done += 1
+        return rows
 
 
 @dataclass(frozen=True)
@@ -360,26 +313,32 @@ class AWQResult:
     spec: QuantSpec
     config: AWQConfig
     groups: list[GroupResult]  # one per (layer, scale group), in order
-    linears: list[LinearResult]  # one per (layer, linear), in order
+    rows: list[dict]  # one per (layer, linear): {"layer", "linear", ...} as described in `awq_layer`
 
 
 def quantize_model(
     model: nn.Module,
     spec: QuantSpec,
-    windows: torch.Tensor,
+    windows,
     config: AWQConfig = AWQConfig(),
     *,
     batch_size: int = 1,
+    bos_token_id: int | str | None = "auto",
     progress: bool = True,
 ) -> AWQResult:
-    """AWQ on every decoder layer of `model`, in place, through `qviz.calib.quantize_layerwise`.
+    """AWQ on every linear inside the decoder layers of `model`, in place, through
+    `qviz.calib.quantize_layerwise` (embeddings and lm_head stay in float).
 
-    windows: (n, seq) calibration token ids, e.g. `qviz.data.calib_windows(tok, seqlen=512, n=64)`.
-    batch_size: windows per forward call; the α search takes whole calls, so 1 lets `config.search_tokens`
-    pick a few evenly spaced windows out of many. Asymmetric INT4 g128 is the paper's setting:
+    windows: (n, seq) calibration token ids, e.g. `qviz.data.calib_windows(tok, seqlen=512, n=64)`, each
+    prefixed with BOS by default (`bos_token_id`). batch_size: windows per forward call; the α search takes
+    whole calls, so 1 lets `config.search_tokens` pick a few evenly spaced windows out of many.
+    Asymmetric INT4 g128 is the paper's setting:
 
     >>> # quantize_model(model, QuantSpec(bits=4, symmetric=False, group_size=128), windows)
     """
+    check_spec(model, spec)
     method = AWQ(spec, config)
-    quantize_layerwise(model, method, windows, batch_size=batch_size, progress=progress)
-    return AWQResult(spec, config, method.groups, method.linears)
+    rows = quantize_layerwise(
+        model, method, windows, batch_size=batch_size, bos_token_id=bos_token_id, progress=progress
+    )
+    return AWQResult(spec, config, method.groups, rows)

@@ -64,9 +64,8 @@ def awq_fake_quantize(W: torch.Tensor, s: torch.Tensor, spec: QuantSpec) -> torc
 
     W: (out_features, in_features), s: (in_features,). With s = 1 this is plain RTN.
     """
-    check_tensor(W, spec)
     s = s.to(device=W.device, dtype=torch.float32)
-    return (fake_quantize(W.float() * s, spec) / s).to(W.dtype)
+    return (fake_quantize(W.float() * s, spec) / s).to(W.dtype)  # fake_quantize validates W·s and spec
 
 
 def output_mse(X: torch.Tensor, W: torch.Tensor, W_hat: torch.Tensor) -> float:
@@ -107,7 +106,6 @@ def awq_linear(
     *,
     alphas: tuple[float, ...] = ALPHA_GRID,
     clip: bool = True,
-    clip_tokens: int | None = 512,
 ) -> LinearAWQ:
     """AWQ on a single linear: the α grid search with the linear itself as the inspected output, then the
     clipping search (`qviz.awq_clip`). W: (out_features, in_features); X: (tokens, in_features)."""
@@ -119,7 +117,8 @@ def awq_linear(
     Ws = W.float() * s
     ratio = None
     if clip:
-        result = clip_search(Ws, X / s, spec, n_tokens=clip_tokens)
+        Xs = X / s
+        result = clip_search(Ws, 2 * Xs.T @ Xs / Xs.shape[0], spec)  # H = 2XᵀX/n of the scaled input
         Ws, ratio = apply_clip(Ws, result.max_val), result.ratio
     W_hat = (fake_quantize(Ws, spec) / s).to(W.dtype)
     rtn = output_mse(X, W, fake_quantize(W, spec))
