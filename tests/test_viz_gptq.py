@@ -158,3 +158,28 @@ def test_widget_offers_only_dividing_group_sizes():
     W, X = correlated_layer(in_features=96)
     ex = widgets.GPTQLayerExplorer(W, hessian(X))
     assert list(ex.group.options) == ["per-channel", 32]
+
+
+def test_linear_inputs_match_a_forward_hook_on_the_whole_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    windows = torch.randint(2, 128, (3, 10), generator=torch.Generator().manual_seed(1))
+    seen = []
+    linear = model.model.layers[2].mlp.down_proj
+    handle = linear.register_forward_pre_hook(lambda module, args: seen.append(args[0].reshape(-1, 128)))
+    with torch.no_grad():
+        model(input_ids=torch.cat([torch.ones(3, 1, dtype=torch.long), windows], 1))
+    handle.remove()
+    X = widgets.linear_inputs(model, windows, 2, "mlp.down_proj")
+    assert X.shape == (33, 128)
+    assert torch.allclose(X, seen[0], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown linear"):
+        widgets.linear_inputs(model, windows, 0, "fc1")
+    with pytest.raises(ValueError, match="layer must be"):
+        widgets.linear_inputs(model, windows, 3, "mlp.down_proj")

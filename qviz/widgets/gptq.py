@@ -14,14 +14,40 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import torch
 
-from qviz.calib import output_error
+from qviz.arch import decoder_layers, family_of, linear_layers
+from qviz.calib import LayerInputs, capture_layer_inputs, capture_linear_inputs, output_error, run_layer
 from qviz.gptq import gptq_quantize
 from qviz.quant import QuantSpec, fake_quantize
 
-__all__ = ["GPTQLayerExplorer", "layer_output_errors"]
+__all__ = ["GPTQLayerExplorer", "layer_output_errors", "linear_inputs"]
 
 GROUP_CHOICES = ("per-channel", 32, 64, 128)
 BLOCK_CHOICES = (1, 16, 32, 64, 128)
+
+
+@torch.no_grad()
+def linear_inputs(model, windows, layer: int, linear: str, *, bos_token_id="auto") -> torch.Tensor:
+    """X (tokens, in_features): what the linear `linear` (e.g. "self_attn.k_proj") of decoder layer `layer`
+    reads when the float `model` runs `windows` (n, seq), BOS-prefixed as in `qviz.calib`. H = 2XᵀX/tokens.
+
+    Runs the layers before `layer` only (through `qviz.calib`'s driver functions); nothing is modified.
+    """
+    layers = decoder_layers(model)
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"layer must be in [0, {len(layers) - 1}], got {layer}")
+    linears = linear_layers(layers[layer], family_of(model))
+    if linear not in linears:
+        raise ValueError(f"unknown linear {linear!r}; layer {layer} has {sorted(linears)}")
+    inputs, kwargs = capture_layer_inputs(model, windows, bos_token_id=bos_token_id)
+    hidden = inputs.hidden
+    for index in range(layer):  # the float layers before it: (batch, seq, hidden) per call
+        hidden = run_layer(layers[index], LayerInputs(hidden, kwargs[index]))
+    captured = []
+    capture_linear_inputs(
+        layers[layer], {linear: linears[linear]}, LayerInputs(hidden, kwargs[layer]),
+        lambda name, X: captured.append(X.detach().clone()),
+    )  # fmt: skip
+    return torch.cat(captured)
 
 
 def layer_output_errors(
