@@ -7,3 +7,4 @@ from .numbers import *  # noqa: F401,F403
 from .model import *  # noqa: F401,F403
 from .packing import *  # noqa: F401,F403
 from .gptq import *  # noqa: F401,F403
+from .awq import *  # noqa: F401,F403
