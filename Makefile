@@ -13,8 +13,9 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 setup:
 	./scripts/setup.sh
 
+# default_url: the browser, and the URL JupyterLab prints, open the first notebook
 lab: setup
-	$(BIN)/jupyter lab $(ALLOW_ROOT) notebooks/01_numbers.ipynb
+	$(BIN)/jupyter lab $(ALLOW_ROOT) --LabApp.default_url=/lab/tree/notebooks/01_numbers.ipynb
 
 lint: setup
 	$(BIN)/ruff check .
