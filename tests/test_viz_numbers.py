@@ -83,3 +83,16 @@ def test_explorer_updates_one_figure_in_place():
     ex.set(value=-5, fmt="int4")
     assert fig.data[0].x == () and "".join(fig.data[2].text) == "1011" and not fig.data[0].showlegend
     assert math.isclose(ex.state["layout"]["fields"].stored, -5)
+
+
+def test_explorer_slider_and_text_stay_in_step():
+    ex = FormatExplorer(-0.1, "bf16")
+    assert ex.magnitude.value == 0.1
+    ex.magnitude.value = 1000.0  # the slider keeps the sign of the typed value
+    assert ex.value.value == "-1000.0" and ex.state["layout"]["fields"].stored == -1000.0
+    ex.set(value=2.5e-3)
+    assert ex.magnitude.value == 2.5e-3 and ex.value.value == "0.0025"
+    ex.set(value=1e9)  # outside the slider's range: the slider stays, the figure follows the text
+    assert (
+        ex.magnitude.value == 2.5e-3 and ex.state["layout"]["fields"].stored == 998244352.0
+    )  # 2^29 * 238/128

@@ -54,15 +54,25 @@ def format_explorer_state(text: str, fmt: str) -> dict:
 
 
 class FormatExplorer:
-    """A value box and a format dropdown over one bit-box figure. `FormatExplorer().show()` in a notebook."""
+    """A value box, a magnitude slider and a format dropdown over one bit-box figure.
+
+    `FormatExplorer().show()` in a notebook. The text box holds the value (any float Python reads, "inf"
+    and "nan" included); the log slider moves its magnitude from 1e-9 to 1e6 and keeps its sign.
+    """
 
     def __init__(self, value: float | str = 0.1, fmt: str = "bf16"):
         self.value = W.Text(value=str(value), description="value", continuous_update=False)
+        self.magnitude = W.FloatLogSlider(
+            value=0.1, base=10, min=-9, max=6, step=0.01, description="|value|", readout_format=".4g",
+            continuous_update=False,
+        )  # fmt: skip
         self.fmt = W.Dropdown(options=list(FORMATS), value=fmt, description="format")
         self.summary = W.HTML()
         self.fig = self._build()
+        self._syncing = False  # set while the text box moves the slider, so the slider does not write back
         for control in (self.value, self.fmt):
             control.observe(self._update, names="value")
+        self.magnitude.observe(self._slider_moved, names="value")
         self._update()
 
     def _build(self) -> go.FigureWidget:
@@ -79,12 +89,23 @@ class FormatExplorer:
         )  # fmt: skip
         return fig
 
+    def _slider_moved(self, change) -> None:
+        if self._syncing:
+            return
+        negative = self.state["ok"] and math.copysign(1.0, self.state["layout"]["fields"].value) < 0
+        self.value.value = repr(-change["new"] if negative else change["new"])
+
     def _update(self, change=None) -> None:
         state = format_explorer_state(self.value.value, self.fmt.value)
         self.summary.value = state["label"]
         self.state = state
         if not state["ok"]:
             return
+        magnitude = abs(state["layout"]["fields"].value)
+        if 1e-9 <= magnitude <= 1e6 and magnitude != self.magnitude.value:
+            self._syncing = True
+            self.magnitude.value = magnitude
+            self._syncing = False
         with self.fig.batch_update():
             for trace, data in zip(self.fig.data, state["layout"]["traces"]):
                 trace.x, trace.y, trace.text = data["x"], [1] * len(data["x"]), data["text"]
@@ -104,7 +125,7 @@ class FormatExplorer:
             self.fmt.value = fmt
 
     def show(self):
-        return W.VBox([W.HBox([self.value, self.fmt]), self.summary, self.fig])
+        return W.VBox([W.HBox([self.value, self.magnitude, self.fmt]), self.summary, self.fig])
 
     def _ipython_display_(self):
         from IPython.display import display
