@@ -8,3 +8,4 @@ from .model import *  # noqa: F401,F403
 from .packing import *  # noqa: F401,F403
 from .gptq import *  # noqa: F401,F403
 from .awq import *  # noqa: F401,F403
+from .gpu import *  # noqa: F401,F403
