@@ -114,8 +114,8 @@ def _stop(server: subprocess.Popen, base_url: str, token: str, runtime_dir: Path
 
 
 @pytest.fixture
-def jupyterlab(tmp_path):
-    """A private JupyterLab on a free localhost port, serving a copy of the notebook's folder."""
+def notebook_url(tmp_path):
+    """URL of NOTEBOOK in a private JupyterLab on a free localhost port, serving a copy of its folder."""
     _require_browser()
     if not NOTEBOOK.exists():
         pytest.fail(f"{NOTEBOOK} does not exist")
@@ -163,7 +163,7 @@ def jupyterlab(tmp_path):
                 if time.monotonic() > deadline:
                     pytest.fail(f"JupyterLab not up after {SERVER_START_S}s:\n{log_path.read_text()[-3000:]}")
                 time.sleep(1)
-        yield {"url": f"{base_url}/lab/tree/{NOTEBOOK.name}?token={token}", "log": log_path}
+        yield f"{base_url}/lab/tree/{NOTEBOOK.name}?token={token}"
     finally:
         _stop(server, base_url, token, runtime_dir)
 
@@ -227,14 +227,14 @@ def _screenshot(page, suffix: str) -> Path:
 
 
 @pytest.mark.timeout(1800)
-def test_slider_updates_figure_in_jupyterlab(jupyterlab):
+def test_slider_updates_figure_in_jupyterlab(notebook_url):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(jupyterlab["url"], timeout=PAGE_LOAD_MS)
+            page.goto(notebook_url, timeout=PAGE_LOAD_MS)
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=PAGE_LOAD_MS)
             _wait_for_idle_kernel(page)
 
