@@ -88,7 +88,7 @@ def test_explorer_updates_one_figure_in_place():
 def test_explorer_slider_and_text_stay_in_step():
     ex = FormatExplorer(-0.1, "bf16")
     assert ex.magnitude.value == 0.1
-    ex.magnitude.value = 1000.0  # the slider keeps the sign of the typed value
+    ex.magnitude.value = 1000.123  # the slider keeps the sign of the typed value, 4 digits
     assert ex.value.value == "-1000.0" and ex.state["layout"]["fields"].stored == -1000.0
     ex.set(value=2.5e-3)
     assert ex.magnitude.value == 2.5e-3 and ex.value.value == "0.0025"

@@ -11,7 +11,7 @@ import math
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from qviz.formats import FORMATS
+from qviz.formats import FORMATS, range_and_spacing
 from qviz.viz.numbers import FIELD_COLORS, bit_layout_data
 
 __all__ = ["format_explorer_state", "FormatExplorer"]
@@ -40,12 +40,12 @@ def format_explorer_state(text: str, fmt: str) -> dict:
         return {"ok": False, "label": f"<b>{fmt}</b>: {err}", "layout": None}
     f = layout["fields"]
     if not math.isfinite(value):
-        error = f"not a finite number: stored as <b>{f.stored!r}</b>"
+        error = "not a finite number"
     elif math.isfinite(f.error):
         rel = f" ({abs(f.error / value):.2%} of the value)" if value else ""
         error = f"rounding error <b>{f.error:+.6g}</b>{rel}"
     else:
-        error = f"the value does not fit: stored as <b>{f.stored!r}</b>"
+        error = f"the value does not fit: the largest {fmt} value is {range_and_spacing(fmt).max:g}"
     label = (
         f"{value!r} in <b>{fmt}</b> ({len(f.bits)} bits {f.bits}) stores <b>{f.stored!r}</b>; {error}"
         f"<br><code>{f.explain()}</code>"
@@ -93,7 +93,8 @@ class FormatExplorer:
         if self._syncing:
             return
         negative = self.state["ok"] and math.copysign(1.0, self.state["layout"]["fields"].value) < 0
-        self.value.value = repr(-change["new"] if negative else change["new"])
+        magnitude = float(f"{change['new']:.4g}")  # a log slider lands on long decimals; keep 4 digits
+        self.value.value = repr(-magnitude if negative else magnitude)
 
     def _update(self, change=None) -> None:
         state = format_explorer_state(self.value.value, self.fmt.value)
