@@ -280,19 +280,26 @@ def collect_hessians(
     return hessians
 
 
-def linear_report(name: str, W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor | None = None) -> dict:
+def linear_report(
+    name: str,
+    W: torch.Tensor,
+    Q: torch.Tensor,
+    H: torch.Tensor | None = None,
+    Q_rtn: torch.Tensor | None = None,
+) -> dict:
     """One report row for a linear whose weight W (out, in) becomes Q.
 
     weight_mse, sqnr_db: error of the weights themselves. With H = 2XXᵀ/n of the calibration inputs also
     output_mse = mean over tokens and outputs of ((W − Q)x)², and output_rel_error = ‖WX − QX‖² / ‖WX‖²
-    (bias excluded: it cancels in the difference).
+    (bias excluded: it cancels in the difference); with Q_rtn (plain rounding) also rtn_output_rel_error.
     """
     row = {"linear": name, "shape": tuple(W.shape), "weight_mse": mse(W, Q), "sqnr_db": sqnr_db(W, Q)}
     if H is not None:
-        err = output_error(W, Q, H)
-        signal = output_error(W, torch.zeros_like(W), H)
+        err, signal = output_error(W, Q, H), output_error(W, torch.zeros_like(W), H)
         row["output_mse"] = err / W.shape[0]
         row["output_rel_error"] = err / signal if signal > 0 else float("nan")
+        if Q_rtn is not None:
+            row["rtn_output_rel_error"] = output_error(W, Q_rtn, H) / signal if signal > 0 else float("nan")
     return row
 
 

@@ -283,11 +283,8 @@ class GPTQ:
                 static_groups=self.static_groups,
             )
             for name, W, Q in zip(names, weights, r.Q.split([w.shape[0] for w in weights])):
-                row = linear_report(name, W, Q, H)
-                rtn = output_error(W, fake_quantize(W, self.spec), H) / output_error(
-                    W, torch.zeros_like(W), H
-                )
-                row.update(rtn_output_rel_error=rtn, damp=r.damp)
+                row = linear_report(name, W, Q, H, Q_rtn=fake_quantize(W, self.spec))
+                row["damp"] = r.damp
                 W.copy_(Q)
                 rows.append(row)
         return rows
