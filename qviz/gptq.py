@@ -173,7 +173,7 @@ def gptq_quantize(
         n_groups = columns // spec.group_size
         scale = torch.ones(rows, n_groups, device=W.device)
         zero_point = torch.zeros(rows, n_groups, dtype=torch.int32, device=W.device)
-    chosen = torch.full((int(g_idx.max()) + 1,), not grouped or static_groups, device=W.device)
+    pending = set(range(scale.shape[1])) if grouped and not static_groups else set()  # qparams not chosen yet
 
     perm = (
         torch.argsort(torch.diag(H), descending=True, stable=True)
@@ -181,7 +181,8 @@ def gptq_quantize(
         else torch.arange(columns, device=W.device)
     )
     invperm = torch.argsort(perm)
-    # Column-major storage (W[:, i] contiguous): the per-column updates below run ~10x faster on CPU.
+    group_of = g_idx[perm].tolist()  # group of the k-th column processed
+    # Column-major storage: W[:, i] and W[:, i:] are contiguous for the per-column updates below.
     W, H = W[:, perm].T.contiguous().T, H[perm][:, perm]
     Hinv, damp = _inverse_cholesky(H, damp)
 
@@ -206,12 +207,12 @@ def gptq_quantize(
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            g = int(g_idx[perm[i1 + i]])
-            if not chosen[g]:  # first column of this group reached: choose its qparams now
-                members = invperm[g_idx == g]
+            g = group_of[i1 + i]
+            if g in pending:  # first column of this group reached: choose its qparams now
+                members = invperm[g_idx == g]  # processing positions of the group's columns
                 s, z = choose_qparams(current(members, i1, i2, W1, Err1), group_spec)
                 scale[:, g], zero_point[:, g] = s[:, 0], z[:, 0]
-                chosen[g] = True
+                pending.remove(g)
             w, d = W1[:, i], Hinv1[i, i]
             qt = quantize(w.unsqueeze(1), column_spec, scale[:, g : g + 1], zero_point[:, g : g + 1])
             q = dequantize(qt)[:, 0]
