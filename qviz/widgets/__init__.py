@@ -6,3 +6,4 @@ from .quantization import *  # noqa: F401,F403
 from .numbers import *  # noqa: F401,F403
 from .model import *  # noqa: F401,F403
 from .gptq import *  # noqa: F401,F403
+from .awq import *  # noqa: F401,F403

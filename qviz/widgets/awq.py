@@ -1,0 +1,142 @@
+"""The AWQ group explorer: sliders over α and a clip ratio on ONE scale group whose calibration input X was
+captured once; each change recomputes the group's output error, with plain rounding (RTN) beside it.
+
+The group is one linear and the module AWQ inspects is that linear itself (e.g. up_proj -> down_proj: the
+inspected output is down_proj's), so the error shown is exactly AWQ's loss for that group:
+
+    L(α, r) = mean over tokens and outputs of (X Wᵀ − X Ŵᵀ)²,   Ŵ = Q(clip_r(W·diag(s)))·diag(s)⁻¹
+    s = s_x^α / sqrt(max·min),   s_x = mean_t |X[t, :]|,   clip_r: clamp each (row, group) to ±r·max|W·s|
+
+α = 0 and r = 1 is RTN. A single clip ratio r for every group is the slider's simplification: AWQ's search
+(`qviz.awq_clip.clip_search`) picks r per (row, group). Keep X to a few hundred tokens (e.g. Gemma's
+down_proj, 640 × 2048, with 256 tokens): the α curve (20 roundings) then takes well under a second on a CPU,
+and moving α alone costs one rounding.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ipywidgets as W
+import plotly.graph_objects as go
+import torch
+
+from qviz.awq_clip import apply_clip, group_length
+from qviz.awq_scale import awq_scale, mean_abs, output_mse
+from qviz.quant import QuantSpec, fake_quantize
+
+__all__ = ["AWQGroupExplorer", "alpha_curve", "group_output_error"]
+
+ALPHAS = tuple(i / 20 for i in range(20))  # the paper's grid 0, 0.05, ..., 0.95
+_RTN, _AWQ, _GRAY = "#d62728", "#2ca02c", "#7f7f7f"
+
+
+@torch.no_grad()
+def group_output_error(
+    W_: torch.Tensor, X: torch.Tensor, spec: QuantSpec, alpha: float, clip_ratio: float = 1.0
+) -> float:
+    """L(α, r): output MSE of Q(clip_r(W·s))/s against W on X. W_: (out, in); X: (tokens, in).
+
+    clip_ratio r in (0, 1]: every (row, group) of W·s is clamped to ±r·(its max |w|) before rounding;
+    1 leaves W·s as it is. α = 0, r = 1 is plain RTN: `output_mse(X, W_, fake_quantize(W_, spec))`.
+    """
+    if not 0 < clip_ratio <= 1:
+        raise ValueError(f"clip_ratio must be in (0, 1], got {clip_ratio}")
+    s = awq_scale(mean_abs(X), alpha)  # (in,)
+    Ws = W_.float() * s
+    if clip_ratio < 1:
+        glen = group_length(spec, Ws.shape[1])
+        w_max = Ws.reshape(Ws.shape[0], -1, glen).abs().amax(-1)  # (out, n_groups)
+        Ws = apply_clip(Ws, w_max * clip_ratio)
+    return output_mse(X, W_, fake_quantize(Ws, spec) / s)
+
+
+def alpha_curve(
+    W_: torch.Tensor, X: torch.Tensor, spec: QuantSpec, clip_ratio: float = 1.0, alphas=ALPHAS
+) -> list[float]:
+    """L(α, r) for every α of the grid at one clip ratio r (see `group_output_error`)."""
+    return [group_output_error(W_, X, spec, a, clip_ratio) for a in alphas]
+
+
+class AWQGroupExplorer:
+    """Sliders α and clip ratio on one cached group. weight: (out_features, in_features); X: (tokens,
+    in_features), the calibration input the linear reads (e.g. captured with `qviz.calib`).
+
+    The figure plots the relative output error L / mean((X Wᵀ)²) against α: the curve without clipping (gray),
+    the curve at the chosen clip ratio (green, recomputed when r moves), a marker at the chosen α, and RTN's
+    level (red). `state` holds the last computation: alpha, clip_ratio, error, rtn, seconds (errors are MSEs).
+    """
+
+    def __init__(self, weight: torch.Tensor, X: torch.Tensor, spec: QuantSpec, name: str = "layer"):
+        self.weight = weight.detach().float().cpu()
+        self.X = X.detach().reshape(-1, X.shape[-1]).float().cpu()
+        self.spec, self.name = spec, name
+        self.signal = output_mse(self.X, self.weight, torch.zeros_like(self.weight))  # mean (X Wᵀ)²
+        self.rtn = group_output_error(self.weight, self.X, spec, 0.0, 1.0)
+        self._curves: dict[float, list[float]] = {}  # clip ratio -> L(α) over ALPHAS
+        style = dict(continuous_update=False, readout_format=".2f")
+        self.alpha = W.FloatSlider(value=0.5, min=0.0, max=0.95, step=0.05, description="α", **style)
+        self.clip = W.FloatSlider(value=1.0, min=0.5, max=1.0, step=0.05, description="clip ratio", **style)
+        self.summary = W.HTML()
+        self.fig = self._build()
+        for control in (self.alpha, self.clip):
+            control.observe(self._update, names="value")
+        self._update()
+
+    def curve(self, clip_ratio: float) -> list[float]:
+        key = round(clip_ratio, 4)
+        if key not in self._curves:
+            self._curves[key] = alpha_curve(self.weight, self.X, self.spec, key)
+        return self._curves[key]
+
+    def _rel(self, values) -> list[float]:
+        return [v / self.signal for v in values]
+
+    def _build(self) -> go.FigureWidget:
+        fig = go.FigureWidget()
+        fig.add_scatter(x=list(ALPHAS), y=self._rel(self.curve(1.0)), mode="lines", name="no clipping (r = 1)",
+                        line=dict(color=_GRAY, dash="dot"))  # fmt: skip
+        fig.add_scatter(x=list(ALPHAS), y=[None] * len(ALPHAS), mode="lines+markers", name="at clip ratio r",
+                        line=dict(color=_AWQ))  # fmt: skip
+        fig.add_scatter(x=[0.0], y=[None], mode="markers", name="chosen α",
+                        marker=dict(color="black", size=13, symbol="diamond"))  # fmt: skip
+        fig.add_scatter(x=[0.0, ALPHAS[-1]], y=[self.rtn / self.signal] * 2, mode="lines", name="RTN (α = 0, r = 1)",
+                        line=dict(color=_RTN, dash="dash"))  # fmt: skip
+        fig.update_layout(
+            title=f"AWQ loss of {self.name} {tuple(self.weight.shape)}, {self.spec.label}", template="plotly_white",
+            xaxis_title="α (s = s_x^α, normalised)", yaxis_title="‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖² on calibration tokens",
+            height=420,
+        )  # fmt: skip
+        return fig
+
+    def _update(self, change=None) -> None:
+        alpha, ratio = self.alpha.value, self.clip.value
+        start = time.perf_counter()
+        curve = self.curve(ratio)
+        error = group_output_error(self.weight, self.X, self.spec, alpha, ratio)
+        state = dict(alpha=alpha, clip_ratio=ratio, error=error, rtn=self.rtn,
+                     seconds=time.perf_counter() - start)  # fmt: skip
+        with self.fig.batch_update():
+            self.fig.data[1].y = self._rel(curve)
+            self.fig.data[1].name = f"at clip ratio r = {ratio:.2f}"
+            self.fig.data[2].x = [alpha]
+            self.fig.data[2].y = [error / self.signal]
+        self.summary.value = (
+            f"α = {alpha:.2f}, r = {ratio:.2f}: relative output error <b>{error / self.signal:.3e}</b>, "
+            f"RTN {self.rtn / self.signal:.3e}: <b>{error / self.rtn:.2f}×</b> RTN's; "
+            f"computed in {state['seconds']:.2f} s"
+        )
+        self.state = state
+
+    def set(self, **values) -> None:
+        """Move controls from code, e.g. explorer.set(alpha=0.3, clip=0.9): the same path as a slider."""
+        for key, value in values.items():
+            getattr(self, key).value = value
+
+    def show(self):
+        return W.VBox([W.HBox([self.alpha, self.clip]), self.summary, self.fig])
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.show())
