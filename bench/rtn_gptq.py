@@ -6,7 +6,7 @@
 Evaluation: `qviz.data.eval_windows` (Britannica prose, non-overlapping, BOS-prefixed by qviz.eval);
 calibration: `qviz.data.calib_windows` from the disjoint calibration region. The reference is the dequantized
 GGUF release (see DESIGN.md). The group size is the largest of 128/64/32 that divides every linear's
-in_features (SmolLM2's 576 rules out 128). Prints each row and (re)writes this script's section of RESULTS.md after each one.
+in_features (SmolLM2's 576 rules out 128). Prints each row and (re)writes the model's section of RESULTS.md after each one.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from qviz.models import load_model  # noqa: E402
 from qviz.quant import QuantSpec  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-START, END = "<!-- bench/rtn_gptq.py: start -->", "<!-- bench/rtn_gptq.py: end -->"
+MARK = "<!-- bench/rtn_gptq.py {}: {} -->"  # one section per model, replaced when that model is rerun
 
 
 def group_size_for(model) -> int:
@@ -114,18 +114,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows: list[dict] = []
     for name in args.models:
-        run_model(name, args, rows)
+        run_model(name, args, [])
 
 
 def write(rows: list[dict], args) -> None:
-    """Print the latest row and (re)write this script's section of RESULTS.md with every row so far."""
+    """Print the latest row and (re)write this model's section of RESULTS.md with its rows so far."""
     print(rows[-1], flush=True)
+    start, end = MARK.format(rows[0]["model"], "start"), MARK.format(rows[0]["model"], "end")
     section = "\n".join(
         [
-            START,
-            "## RTN and GPTQ on the offline models (bench/rtn_gptq.py)",
+            start,
+            f"## RTN and GPTQ on {rows[0]['model']} (bench/rtn_gptq.py)",
             "",
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
             f"{torch.get_num_threads()} torch threads, {platform.processor() or platform.platform()}; "
@@ -137,13 +137,13 @@ def write(rows: list[dict], args) -> None:
             "- reference: the dequantized GGUF release; quantize time is wall time on a shared machine",
             "",
             table(rows),
-            END,
+            end,
         ]
     )
     if not args.no_write:
         text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        if START in text and END in text:
-            text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
+        if start in text and end in text:
+            text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
         else:
             text = text.rstrip("\n") + "\n\n" + section + "\n"
         RESULTS.write_text(text)

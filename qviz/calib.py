@@ -19,6 +19,10 @@ A method is any object with
     quantize_layer(layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]
 
 returning one plain dict per linear (at least {"linear": "self_attn.q_proj", ...}); the driver adds "layer".
+
+What methods measure with: `Hessian` (H = 2XXᵀ/n of a linear's inputs, a running average; GPTQ's H),
+`collect_hessians` (one per linear, shared by linears that read the same tensor), `output_error`
+(½·tr((W − Q) H (W − Q)ᵀ) = mean ‖(W − Q)x‖² over tokens, without storing X) and `linear_report` (one row).
 """
 
 from __future__ import annotations
@@ -36,14 +40,14 @@ from .quant import QuantSpec, check_tensor, mse, sqnr_db
 
 __all__ = [
     "Hessian",
-    "output_error",
     "LayerInputs",
     "LayerMethod",
     "capture_layer_inputs",
+    "capture_linear_inputs",
     "check_spec",
     "collect_hessians",
     "linear_report",
-    "capture_linear_inputs",
+    "output_error",
     "quantize_layerwise",
     "run_layer",
 ]
