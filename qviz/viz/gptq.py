@@ -80,8 +80,11 @@ def joint_rounding_data(w: torch.Tensor, X: torch.Tensor, scale: float = 1.0, sp
 def joint_rounding_figure(data: dict) -> go.Figure:
     """Contours of the output error over the weight plane, with the grid points it can round to."""
     fig = go.Figure()
+    floor = (
+        data["errors"].min() / 30
+    )  # the surface is 0 at w: clip so the colours span the grid points' range
     fig.add_contour(
-        x=data["mesh_w1"], y=data["mesh_w2"], z=np.log10(data["surface"] + 1e-12), colorscale="Blues",
+        x=data["mesh_w1"], y=data["mesh_w2"], z=np.log10(np.maximum(data["surface"], floor)), colorscale="Blues",
         reversescale=True, contours=dict(showlabels=False), name="output error",
         colorbar=dict(title="log10 output error<br>(squared output units)"),
         hovertemplate="w₁ %{x:.2f}, w₂ %{y:.2f}<extra></extra>",
@@ -89,7 +92,7 @@ def joint_rounding_figure(data: dict) -> go.Figure:
     cand, err = data["candidates"], data["errors"]
     fig.add_scatter(
         x=cand[:, 0], y=cand[:, 1], mode="markers+text", name="grid points",
-        text=[f"{e:.3f}" for e in err], textposition="top center",
+        text=[f"error {e:.3f}" for e in err], textposition="top left",
         marker=dict(color="black", size=9), hovertemplate="q = (%{x}, %{y})<extra></extra>",
     )  # fmt: skip
     for index, label, color, symbol in (
@@ -107,7 +110,7 @@ def joint_rounding_figure(data: dict) -> go.Figure:
     fig.update_layout(
         title=f"Rounding two weights whose inputs are correlated (r = {data['correlation']:.2f})",
         xaxis_title="w₁ (weight units)", yaxis_title="w₂ (weight units)", template="plotly_white",
-        yaxis_scaleanchor="x", height=520,
+        yaxis_scaleanchor="x", height=560, legend=dict(orientation="h", y=-0.2),
     )  # fmt: skip
     return fig
 
@@ -201,7 +204,7 @@ def act_order_data(H: torch.Tensor) -> dict:
 def act_order_figure(data: dict, *, name: str = "layer") -> go.Figure:
     """diag(H) in channel order (top) and in act-order processing order (bottom)."""
     fig = make_subplots(
-        rows=2, cols=1, vertical_spacing=0.16,
+        rows=2, cols=1, vertical_spacing=0.2,
         subplot_titles=("diag(H) per input channel", "the same values in act-order (processing) order"),
     )  # fmt: skip
     fig.add_bar(x=data["channels"], y=data["diag"], marker_color="#1f77b4", name="diag(H)", row=1, col=1)
@@ -240,8 +243,8 @@ def layer_loss_figure(data: dict, *, label: str = "") -> go.Figure:
             x=data["layers"], y=data[key], mode="lines+markers", name=key.upper(), line=dict(color=color)
         )
     fig.update_layout(
-        title=f"Per-layer output error, GPTQ versus RTN {label}".strip(),
-        xaxis_title="decoder layer", yaxis_title="mean ‖WX − QX‖² / ‖WX‖² over the layer's linears (log)",
+        title=f"Per-layer output error, GPTQ versus RTN{', ' + label if label else ''}",
+        xaxis_title="decoder layer", xaxis_dtick=1, yaxis_title="mean ‖WX − QX‖² / ‖WX‖² over the layer's linears (log)",
         yaxis_type="log", template="plotly_white",
     )  # fmt: skip
     return fig
@@ -300,7 +303,10 @@ def damping_figure(data: dict, *, name: str = "layer") -> go.Figure:
         text=[m[:120] for m, ok in zip(data["messages"], data["ok"]) if not ok],
         hovertemplate="damp %{x:.0e}: %{text}<extra></extra>",
     )  # fmt: skip
-    fig.add_hline(y=data["rtn"], line_dash="dash", line_color=_RTN, annotation_text="RTN")
+    fig.add_scatter(  # a trace, not add_hline: hline annotations land in the wrong place on log axes
+        x=[np.nanmin(x), np.nanmax(x)], y=[data["rtn"]] * 2, mode="lines", name="RTN (no data)",
+        line=dict(color=_RTN, dash="dash"),
+    )  # fmt: skip
     ticks = [f"{d:g}" for d in data["damps"]]
     fig.update_layout(
         title=f"Damping λ = damp · mean(diag H) on {name}", xaxis_type="log",
