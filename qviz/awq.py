@@ -19,8 +19,10 @@ clipping search (`qviz.awq_clip`, skipped for q and k) and the final rounding fo
 for one decoder layer, `quantize_model` for every layer through `qviz.calib.quantize_layerwise`, which feeds
 each quantized layer's outputs to the next.
 
-Cost: the search reruns f 20 times per group; it is the search token count, not the calibration size, that
-sets the time (s_x and the clipping samples come from one pass over all calibration tokens).
+Cost: the search reruns f 20 times per group, so the search token count, not the calibration size, sets
+the time. s_x comes from all calibration tokens (one cheap pass); the α search, the clipping objective
+(H = 2XᵀX/n) and the per-linear reports use `AWQConfig.search_tokens` of them: a few evenly spaced whole
+calls (windows). The reference code instead reruns every block on all calibration tokens.
 """
 
 from __future__ import annotations
@@ -43,7 +45,15 @@ from .awq_scale import (
     mean_abs,
     output_mse,
 )
-from .calib import LayerInputs, check_spec, collect_hessians, linear_report, output_error, quantize_layerwise
+from .calib import (
+    Hessian,
+    LayerInputs,
+    check_spec,
+    linear_report,
+    output_error,
+    quantize_layerwise,
+    run_layer,
+)
 from .quant import QuantSpec, fake_quantize
 
 __all__ = [  # the whole AWQ API, including the single-weight pieces of awq_scale and awq_clip
@@ -73,7 +83,7 @@ class AWQConfig:
     """Options of the AWQ search; the defaults follow the paper and its reference code."""
 
     n_grid: int = 20  # α runs over {0, 1/n_grid, ..., (n_grid - 1)/n_grid}
-    search_tokens: int | None = 4096  # calibration tokens the α search runs f on (whole calls); None: all
+    search_tokens: int | None = 4096  # tokens (whole calls) the α search, clipping and reports use; None: all
     clip: bool = True  # run the clipping search after scaling
     clip_grid: int = 20  # clip bounds max·(1 − i/clip_grid) ...
     max_shrink: float = 0.5  # ... for i < max_shrink·clip_grid: 1, 0.95, ..., 0.55
@@ -140,34 +150,52 @@ def fold_scales(layer: nn.Module, group: ScaleGroup, s: torch.Tensor, family: Ar
 
 
 class _Capture:
-    """Hooks on one decoder layer: Σ|X| per input channel of the groups' linears, and the (args, kwargs,
-    output) of each group's `inspect` module on the search calls."""
+    """Hooks on one decoder layer's forward over the calibration calls:
 
-    def __init__(self, layer: nn.Module, stats: list[str], inspect: set[str], search_calls: set[int]):
+    - sum_abs/count: Σ|X| per input channel of the groups' linears, over ALL calls (cheap: s_x needs it);
+    - hessians: H = 2XᵀX/n of every linear's input, on the search calls only (linears reading the same
+      tensor, q/k/v and gate/up, share one `Hessian`);
+    - calls: (args, kwargs, output) of each group's `inspect` module, on the search calls only.
+    """
+
+    def __init__(
+        self, layer: nn.Module, linears: dict, stats: list[str], inspect: set[str], search: set[int]
+    ):
         self.sum_abs: dict[str, torch.Tensor] = {}
         self.count: dict[str, int] = {}
+        self.hessians: dict[str, Hessian] = {}
         self.calls: dict[str, list] = {name: [] for name in inspect}
-        self.call, self.search_calls = -1, search_calls
+        self.call, self.search, self._seen = -1, search, {}
         self.handles = [layer.register_forward_pre_hook(self._next_call)]
-        self.handles += [_get(layer, n).register_forward_pre_hook(self._stats_hook(n)) for n in stats]
+        self.handles += [
+            m.register_forward_pre_hook(self._linear_hook(n, n in stats)) for n, m in linears.items()
+        ]
         self.handles += [
             _get(layer, n).register_forward_hook(self._inspect_hook(n), with_kwargs=True) for n in inspect
         ]
 
     def _next_call(self, module, args):
         self.call += 1
+        self._seen = {}  # data_ptr of an input tensor -> the Hessian it was added to, in this call
 
-    def _stats_hook(self, name):
+    def _linear_hook(self, name, stats):
         def hook(module, args):
             X = args[0].detach().reshape(-1, args[0].shape[-1])
-            self.sum_abs[name] = self.sum_abs.get(name, 0) + X.abs().double().sum(0)
-            self.count[name] = self.count.get(name, 0) + X.shape[0]
+            if stats:
+                self.sum_abs[name] = self.sum_abs.get(name, 0) + X.abs().double().sum(0)
+                self.count[name] = self.count.get(name, 0) + X.shape[0]
+            if self.call in self.search:
+                key = (X.data_ptr(), tuple(X.shape))
+                if key not in self._seen:  # first linear reading this tensor: accumulate once
+                    self._seen[key] = self.hessians.setdefault(name, Hessian(X.shape[-1]))
+                    self._seen[key].add_batch(X)
+                self.hessians.setdefault(name, self._seen[key])
 
         return hook
 
     def _inspect_hook(self, name):
         def hook(module, args, kwargs, output):
-            if self.call in self.search_calls:
+            if self.call in self.search:
                 out = output[0] if isinstance(output, tuple) else output
                 self.calls[name].append((args, kwargs, out.detach()))
 
@@ -230,7 +258,8 @@ def awq_layer(
     inputs: the layer's calibration inputs (`qviz.calib.LayerInputs`: hidden_states and kwargs per call).
     Returns (one GroupResult per scale group, one report row per linear). A row is
     `qviz.calib.linear_report` of the linear's effective weight diag(s_out)·Q(W·s)·diag(s)⁻¹ against the
-    original W (so it compares with RTN's and GPTQ's rows), plus "rtn_output_rel_error" (plain rounding) and
+    original W (so it compares with RTN's and GPTQ's rows; errors on the search tokens' inputs), plus
+    "rtn_output_rel_error" (plain rounding) and
     "clip_ratio" (mean chosen ratio; None when not searched). Afterwards the linears hold Q(W·s) and the
     norms / previous linears the folded 1/s. index: the layer's position, recorded in the results.
     """
@@ -239,11 +268,12 @@ def awq_layer(
     linears = linear_layers(layer, family)
     groups = scale_groups(layer, family)
     search = _search_calls(inputs, config.search_tokens)
-    capture = _Capture(layer, [g.linears[0] for g in groups], {g.inspect for g in groups}, search)
+    capture = _Capture(layer, linears, [g.linears[0] for g in groups], {g.inspect for g in groups}, search)
     try:
-        hessians = collect_hessians(layer, linears, inputs)  # one pass: H = 2XᵀX/n for every linear
+        run_layer(layer, inputs)  # float pass: statistics, H and the search targets
     finally:
         capture.remove()
+    hessians = capture.hessians
     W0 = {name: lin.weight.detach().clone() for name, lin in linears.items()}
     s_in, s_out = {}, {}  # linear -> s multiplied into its input columns / folded (1/s) into its output rows
 
