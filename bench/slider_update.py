@@ -61,7 +61,9 @@ def main() -> None:
             times.append((time.perf_counter() - start) * 1000)
         median = statistics.median(times)
         label = f"{spec.label}, clip {spec.clip_ratio:g}"
-        lines.append(f"| {label} | {median:.0f} | {min(times):.0f} | {'✅' if median < 100 else '❌'} < 100 |")
+        lines.append(
+            f"| {label} | {median:.0f} | {min(times):.0f} | {'✅' if median < 100 else '❌'} < 100 |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.record:

@@ -2,10 +2,11 @@
 
 One submodule per concept; everything public is re-exported here, so notebooks write `viz.weight_histogram(...)`.
 """
-from .quantization import *  # noqa: F401,F403
-from .numbers import *  # noqa: F401,F403
-from .model import *  # noqa: F401,F403
-from .packing import *  # noqa: F401,F403
-from .gptq import *  # noqa: F401,F403
+
 from .awq import *  # noqa: F401,F403
+from .gptq import *  # noqa: F401,F403
 from .gpu import *  # noqa: F401,F403
+from .model import *  # noqa: F401,F403
+from .numbers import *  # noqa: F401,F403
+from .packing import *  # noqa: F401,F403
+from .quantization import *  # noqa: F401,F403
