@@ -183,3 +183,11 @@ def test_linear_inputs_match_a_forward_hook_on_the_whole_model():
         widgets.linear_inputs(model, windows, 0, "fc1")
     with pytest.raises(ValueError, match="layer must be"):
         widgets.linear_inputs(model, windows, 3, "mlp.down_proj")
+
+
+def test_widget_restores_the_thread_count():
+    W, X = correlated_layer()
+    threads = torch.get_num_threads()
+    ex = widgets.GPTQLayerExplorer(W, hessian(X))
+    ex.set(bits=3)
+    assert torch.get_num_threads() == threads
