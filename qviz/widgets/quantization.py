@@ -128,8 +128,13 @@ class QuantExplorer:
         fig.update_xaxes(title_text="weight value", row=1, col=1)
         fig.update_yaxes(title_text="count (weights per bin)", row=1, col=1)
         fig.update_xaxes(title_text="output row (channel)", row=1, col=2)
-        fig.update_yaxes(title_text="mean squared error (log)", type="log", row=1, col=2)
-        fig.update_layout(bargap=0, template="plotly_white", height=420, legend=dict(orientation="h", y=-0.2))
+        fig.update_yaxes(
+            title_text="mean squared error (log)", type="log", dtick=1, exponentformat="e", row=1, col=2
+        )
+        fig.update_layout(
+            bargap=0, template="plotly_white", width=980, height=440, title_font_size=15,
+            legend=dict(orientation="h", y=-0.2),
+        )  # fmt: skip
         return fig
 
     def _update(self, change=None) -> None:
@@ -138,15 +143,15 @@ class QuantExplorer:
         if key not in self._histograms:
             self._histograms[key] = histogram(shown_values(self.w, spec, self.row))
         state = explorer_state(self.w, spec, self.row, self._histograms[key])
-        where = "whole tensor" if spec.granularity == "tensor" else f"row {self.row}, first group"
+        where = {"tensor": "whole tensor", "channel": f"row {self.row}"}.get(
+            spec.granularity, f"row {self.row}, group 0"
+        )
         with self.fig.batch_update():
             self.fig.data[0].x, self.fig.data[0].y = state["centers"], state["counts"]
             self.fig.data[1].x, self.fig.data[1].y = state["levels"], np.zeros_like(state["levels"])
             self.fig.data[2].x, self.fig.data[2].y = np.arange(len(state["row_mse"])), state["row_mse"]
             self.fig.layout.shapes[0].x0, self.fig.layout.shapes[0].x1 = state["clip"]
-            self.fig.layout.title.text = (
-                f"{self.name} on the {spec.label} grid ({where}; shaded: range the grid covers)"
-            )
+            self.fig.layout.title.text = f"{self.name}: {spec.label} ({where}; shaded: the grid's range)"
         self.summary.value = (
             f"<b>{spec.label}</b>, clip ratio {spec.clip_ratio:.2f}: MSE {state['mse']:.3g}, "
             f"SQNR <b>{state['sqnr_db']:.1f} dB</b>, storage {state['bits_per_weight']:.3f} bits/weight"
