@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import os
 import platform
 import sys
 import time
@@ -128,8 +129,8 @@ def write(rows: list[dict], args) -> None:
             f"## RTN and GPTQ on {rows[0]['model']} (bench/rtn_gptq.py)",
             "",
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-            f"{torch.get_num_threads()} torch threads, {platform.processor() or platform.platform()}; "
-            f"torch {torch.__version__}",
+            f"{os.cpu_count()} CPUs (1-min load average {os.getloadavg()[0]:.1f} at the last row), "
+            f"{torch.get_num_threads()} torch threads, {platform.platform()}; torch {torch.__version__}",
             f"- command: `python bench/rtn_gptq.py {' '.join(sys.argv[1:])}`",
             f"- evaluation: {args.eval_n} x {args.eval_seqlen} Britannica tokens (BOS-prefixed); calibration: "
             f"{args.calib_n} x {args.calib_seqlen} tokens from the disjoint calibration region; GPTQ damp 0.01, "
