@@ -263,25 +263,22 @@ def damping_data(
     """
     H_eval = H if H_eval is None else H_eval
     signal = output_error(W, torch.zeros_like(W), H_eval)
-    ok, messages, errors, used = [], [], [], []
-    mean_diag = torch.diag(H).mean()
+    eye = torch.eye(len(H), dtype=H.dtype, device=H.device)
+    rows = []  # (factorizes, torch's message, held-out relative error, damping GPTQ used)
     for damp in damps:
         try:
-            torch.linalg.cholesky(H + damp * mean_diag * torch.eye(len(H), dtype=H.dtype))
-            message = ""
+            torch.linalg.cholesky(H + damp * torch.diag(H).mean() * eye)
         except torch.linalg.LinAlgError as err:
-            message = str(err)
-        if message:
-            ok.append(False), messages.append(message), errors.append(np.nan), used.append(np.nan)
+            rows.append((False, str(err), np.nan, np.nan))
             continue
         with warnings.catch_warnings(record=True):  # a retry inside gptq_quantize shows up in `used`
             warnings.simplefilter("always")
             r = gptq_quantize(W, H, spec, damp=damp)
-        ok.append(True), messages.append(""), used.append(r.damp)
-        errors.append(output_error(W, r.Q, H_eval) / signal)
+        rows.append((True, "", output_error(W, r.Q, H_eval) / signal, r.damp))
+    ok, messages, errors, used = zip(*rows)
     rtn = output_error(W, fake_quantize(W, spec), H_eval) / signal
     return dict(
-        damps=np.array(damps, dtype=float), ok=np.array(ok), messages=messages,
+        damps=np.array(damps, dtype=float), ok=np.array(ok), messages=list(messages),
         errors=np.array(errors), used=np.array(used), rtn=rtn,
     )  # fmt: skip
 
