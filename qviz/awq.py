@@ -176,7 +176,7 @@ class _Capture:
 
     def _next_call(self, module, args):
         self.call += 1
-        self._seen = {}  # data_ptr of an input tensor -> the Hessian it was added to, in this call
+        self._seen = {}  # (data_ptr, shape) of an input tensor -> (tensor, the Hessian it went to), this call
 
     def _linear_hook(self, name, stats):
         def hook(module, args):
@@ -187,9 +187,10 @@ class _Capture:
             if self.call in self.search:
                 key = (X.data_ptr(), tuple(X.shape))
                 if key not in self._seen:  # first linear reading this tensor: accumulate once
-                    self._seen[key] = self.hessians.setdefault(name, Hessian(X.shape[-1]))
-                    self._seen[key].add_batch(X)
-                self.hessians.setdefault(name, self._seen[key])
+                    # keep X alive for the call, so that no later tensor can reuse its address
+                    self._seen[key] = (X, self.hessians.setdefault(name, Hessian(X.shape[-1])))
+                    self._seen[key][1].add_batch(X)
+                self.hessians.setdefault(name, self._seen[key][1])
 
         return hook
 
@@ -259,9 +260,9 @@ def awq_layer(
     Returns (one GroupResult per scale group, one report row per linear). A row is
     `qviz.calib.linear_report` of the linear's effective weight diag(s_out)·Q(W·s)·diag(s)⁻¹ against the
     original W (so it compares with RTN's and GPTQ's rows; errors on the search tokens' inputs), plus
-    "rtn_output_rel_error" (plain rounding) and
-    "clip_ratio" (mean chosen ratio; None when not searched). Afterwards the linears hold Q(W·s) and the
-    norms / previous linears the folded 1/s. index: the layer's position, recorded in the results.
+    "rtn_output_rel_error" (plain rounding) and "clip_ratio" (mean chosen ratio; None when not searched).
+    Afterwards the linears hold Q(W·s) and the norms / previous linears the folded 1/s.
+    index: the layer's position, recorded in the results.
     """
     if not inputs.hidden or inputs.n_tokens == 0:
         raise ValueError("AWQ needs calibration inputs: got no tokens for this layer")

@@ -213,6 +213,32 @@ def test_awq_layer_results_on_tiny_llama():
             assert max(len(torch.unique(g)) for g in groups) <= 16
 
 
+@pytest.mark.parametrize("name", ["llama", "gemma3", "opt"])
+def test_awq_with_alpha_zero_and_no_clip_is_rtn(name):
+    """α grid {0} (s = 1) without clipping is plain rounding: the layer and its report rows must equal the RTN
+    method's on the same inputs (an independent path: qviz.rtn with calib.collect_hessians)."""
+    import copy
+
+    from qviz.calib import capture_layer_inputs
+    from qviz.rtn import RTN
+
+    model = _tiny(name)
+    ids = torch.randint(0, 97, (3, 20), generator=torch.Generator().manual_seed(4))
+    inputs, kwargs = capture_layer_inputs(model, ids, batch_size=1)
+    layer, family = decoder_layers(model)[0], family_of(model)
+    twin = copy.deepcopy(layer)
+    config = awq.AWQConfig(n_grid=1, search_tokens=None, clip=False)
+    groups, rows = awq.awq_layer(layer, LayerInputs(inputs.hidden, kwargs[0]), family, ASYM4_G32, config)
+    expected = RTN(ASYM4_G32).quantize_layer(twin, LayerInputs(inputs.hidden, kwargs[0]), family)
+    assert all(g.alpha == 0.0 and set(g.scales) == {1.0} for g in groups)
+    for row, ref in zip(rows, expected):
+        assert row["linear"] == ref["linear"]
+        assert row["output_rel_error"] == pytest.approx(ref["output_rel_error"], rel=1e-4)
+        assert row["rtn_output_rel_error"] == pytest.approx(ref["output_rel_error"], rel=1e-4)
+    for a, b in zip(layer.state_dict().values(), twin.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)  # Gemma's fold (1 + w)/1 − 1 may move w by an ulp
+
+
 def test_awq_is_deterministic():
     ids = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(5))
     runs = []
