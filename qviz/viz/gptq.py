@@ -145,7 +145,7 @@ def compensation_figure(data: dict, *, name: str = "layer") -> go.Figure:
     )  # fmt: skip
     what = f"row {data['row']}" if signed else "mean over traced rows"
     fig.update_layout(
-        title=f"GPTQ on {name}: each column's rounding error is absorbed by the columns after it ({what})",
+        title=f"GPTQ on {name}: later columns absorb each rounding error ({what})",
         xaxis_title="input column j", yaxis_title="columns quantized so far (step)",
         yaxis_autorange="reversed", template="plotly_white",
     )  # fmt: skip

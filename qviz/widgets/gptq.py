@@ -125,7 +125,7 @@ class GPTQLayerExplorer:
         fig.update_layout(
             title=f"Output error of {self.name} {tuple(self.weight.shape)}", template="plotly_white",
             xaxis_title="method", yaxis_title="‖WX − QX‖² / ‖WX‖² on calibration tokens (log)",
-            yaxis_type="log", height=420,
+            yaxis_type="log", yaxis_dtick=1, yaxis_exponentformat="e", width=720, height=420, title_font_size=15,
         )  # fmt: skip
         return fig
 
