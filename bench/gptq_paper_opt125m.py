@@ -15,7 +15,8 @@ GPTQ-4bit 31.12. Protocol, as in the reference code (IST-DASLab/gptq, opt.py and
 - evaluation: WikiText-2 raw test split joined with "\\n\\n", tokenized once, cut into non-overlapping
   2048-token windows (the remainder dropped); ppl = exp(mean NLL over the predicted tokens).
 
-Expect a few tenths of perplexity from the paper: C4 sampling, fp32 instead of fp16 on a CPU, library versions.
+Expect a few tenths of perplexity from the paper: C4 sampling, fp32 instead of fp16 on a CPU, library
+versions.
 On a 2-core CPU the GPTQ run takes tens of minutes; use --device cuda where there is a GPU.
 """
 
@@ -131,7 +132,8 @@ def main(argv=None) -> dict:
     calib = calibration(tokenizer, args.calib, args.nsamples, args.seqlen, args.seed)
     spec = QuantSpec(bits=args.bits, symmetric=False, group_size=args.group_size)
     print(
-        f"{args.model}: {len(test)} test windows of {args.seqlen}; {len(calib)} {args.calib} calibration windows"
+        f"{args.model}: {len(test)} test windows of {args.seqlen}; "
+        f"{len(calib)} {args.calib} calibration windows"
     )
 
     def ppl(model):

@@ -84,7 +84,8 @@ def joint_rounding_figure(data: dict) -> go.Figure:
         data["errors"].min() / 30
     )  # the surface is 0 at w: clip so the colours span the grid points' range
     fig.add_contour(
-        x=data["mesh_w1"], y=data["mesh_w2"], z=np.log10(np.maximum(data["surface"], floor)), colorscale="Blues",
+        x=data["mesh_w1"], y=data["mesh_w2"], z=np.log10(np.maximum(data["surface"], floor)),
+        colorscale="Blues",
         reversescale=True, contours=dict(showlabels=False), name="output error",
         colorbar=dict(title="log10 output error<br>(squared output units)"),
         hovertemplate="w₁ %{x:.2f}, w₂ %{y:.2f}<extra></extra>",
@@ -210,7 +211,8 @@ def act_order_figure(data: dict, *, name: str = "layer") -> go.Figure:
     fig.add_bar(x=data["channels"], y=data["diag"], marker_color="#1f77b4", name="diag(H)", row=1, col=1)
     fig.add_bar(
         x=np.arange(len(data["perm"])), y=data["sorted"], marker_color="#ff7f0e", name="sorted",
-        customdata=data["perm"], hovertemplate="step %{x}: channel %{customdata}<extra></extra>", row=2, col=1,
+        customdata=data["perm"], hovertemplate="step %{x}: channel %{customdata}<extra></extra>",
+        row=2, col=1,
     )  # fmt: skip
     fig.update_yaxes(title_text="H[j, j] = 2·mean x_j² (log)", type="log", row=1, col=1)
     fig.update_yaxes(title_text="H[j, j] (log)", type="log", row=2, col=1)
@@ -225,7 +227,8 @@ def act_order_figure(data: dict, *, name: str = "layer") -> go.Figure:
 
 def layer_loss_data(rows: list[dict]) -> dict:
     """Per decoder layer, the mean over its linears of the relative output error of GPTQ
-    ("output_rel_error") and of RTN on the same inputs ("rtn_output_rel_error"): rows of `gptq.quantize_model`.
+    ("output_rel_error") and of RTN on the same inputs ("rtn_output_rel_error"): the rows returned by
+    `gptq.quantize_model`.
     """
     if not rows or "rtn_output_rel_error" not in rows[0]:
         raise ValueError("pass the rows returned by qviz.gptq.quantize_model (with 'rtn_output_rel_error')")
@@ -244,7 +247,8 @@ def layer_loss_figure(data: dict, *, label: str = "") -> go.Figure:
         )
     fig.update_layout(
         title=f"Per-layer output error, GPTQ versus RTN{', ' + label if label else ''}",
-        xaxis_title="decoder layer", xaxis_dtick=1, yaxis_title="mean ‖WX − QX‖² / ‖WX‖² over the layer's linears (log)",
+        xaxis_title="decoder layer", xaxis_dtick=1,
+        yaxis_title="mean ‖WX − QX‖² / ‖WX‖² over the layer's linears (log)",
         yaxis_type="log", template="plotly_white",
     )  # fmt: skip
     return fig

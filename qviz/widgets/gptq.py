@@ -28,8 +28,9 @@ BLOCK_CHOICES = (1, 16, 32, 64, 128)
 
 @contextmanager
 def _one_thread():
-    """GPTQ's column loop is thousands of small tensor ops; on a busy CPU, splitting each one over threads costs
-    more than it saves (256 × 640 layer on 2 loaded cores: 0.4 s per update on one thread, 1.1-5 s on two)."""
+    """GPTQ's column loop is thousands of small tensor ops; on a busy CPU, splitting each one over threads
+    costs more than it saves (256 × 640 layer on 2 loaded cores: 0.4 s per update on one thread, 1.1-5 s
+    on two)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -125,7 +126,8 @@ class GPTQLayerExplorer:
         fig.update_layout(
             title=f"Output error of {self.name} {tuple(self.weight.shape)}", template="plotly_white",
             xaxis_title="method", yaxis_title="‖WX − QX‖² / ‖WX‖² on calibration tokens (log)",
-            yaxis_type="log", yaxis_dtick=1, yaxis_exponentformat="e", width=720, height=420, title_font_size=15,
+            yaxis_type="log", yaxis_dtick=1, yaxis_exponentformat="e", width=720, height=420,
+            title_font_size=15,
         )  # fmt: skip
         return fig
 
