@@ -68,8 +68,8 @@ class LayerExplorer:
         )  # fmt: skip
         fig.add_bar(x=[], y=[], name="mean |x|", marker_color="#1f77b4", row=1, col=1)
         fig.add_bar(x=[], y=[], name="squared error", marker_color="#d62728", row=2, col=1)
-        fig.update_yaxes(title_text="mean |x| (log)", type="log", exponentformat="e", row=1, col=1)
-        fig.update_yaxes(title_text="Σ (w − ŵ)² (log)", type="log", exponentformat="e", row=2, col=1)
+        fig.update_yaxes(title_text="mean |x| (log)", type="log", dtick=1, exponentformat="e", row=1, col=1)
+        fig.update_yaxes(title_text="Σ (w − ŵ)² (log)", type="log", dtick=1, exponentformat="e", row=2, col=1)
         fig.update_xaxes(title_text="input channel", row=2, col=1)
         fig.update_layout(bargap=0, template="plotly_white", width=980, height=480, showlegend=False)
         return fig
