@@ -162,10 +162,12 @@ def save_quantized(
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     layers = _quant_layers(model)
     spec = next(iter(layers.values())).spec
-    tensors = {}
+    tensors, stored = {}, set()
     for key, t in model.state_dict().items():  # everything that is not a QuantLinear's own buffer
         owner, _, leaf = key.rpartition(".")
-        if owner not in layers or leaf == "bias":
+        # a tied weight (lm_head = embedding) is stored once, under its first name; loading re-ties it
+        if (owner not in layers or leaf == "bias") and (t.data_ptr(), t.shape) not in stored:
+            stored.add((t.data_ptr(), t.shape))
             tensors[key] = t.detach().contiguous()
     desc_act = False
     for name, layer in layers.items():
@@ -186,10 +188,7 @@ def save_quantized(
     config["quantization_config"] = qconfig
 
     with _atomic_folder(Path(path), overwrite) as tmp:
-        # safetensors refuses tensors that share memory (tied embeddings): store copies
-        _save_file(
-            {k: v.clone() for k, v in tensors.items()}, str(tmp / SAFETENSORS), metadata={"format": "pt"}
-        )
+        _save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
         if format == "gptq":
             (tmp / "quantize_config.json").write_text(json.dumps(qconfig, indent=2))
@@ -230,6 +229,17 @@ def load_quantized(path: str | os.PathLike) -> QuantizedCheckpoint:
     return ckpt
 
 
+def _no_init_weights():
+    try:
+        from transformers.initialization import no_init_weights  # transformers >= 5
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights  # transformers 4.x
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def load_quantized_model(path: str | os.PathLike, backend: str = "auto") -> nn.Module:
     """A transformers causal LM whose decoder linears are QuantLinear, rebuilt from a `save_quantized` folder.
 
@@ -241,15 +251,21 @@ def load_quantized_model(path: str | os.PathLike, backend: str = "auto") -> nn.M
     ckpt = load_quantized(path)
     cfg = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    with _no_init_weights():  # every tensor is overwritten below: skip the random initialisation
+        model = AutoModelForCausalLM.from_config(config).eval()
     dtypes = {t.dtype for t in ckpt.tensors.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         model = model.to(dtypes.pop())
     results = {name: (qt, ckpt.g_idx.get(name)) for name, qt in ckpt.quantized.items()}
     quantize_linears(model, results, backend)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
     missing, unexpected = model.load_state_dict(ckpt.tensors, strict=False)
     quantized = {f"{n}.{b}" for n in results for b in ("qweight", "scales", "zero_point", "g_idx")}
-    missing = [k for k in missing if k not in quantized]
+    state = model.state_dict()
+    loaded = {state[k].data_ptr() for k in ckpt.tensors if k in state}
+    # tied weights (lm_head = embedding) were stored once: they count as loaded through their twin
+    missing = [k for k in missing if k not in quantized and state[k].data_ptr() not in loaded]
     if missing or unexpected:
         raise ValueError(
             f"checkpoint does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"

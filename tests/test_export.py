@@ -209,3 +209,23 @@ def test_transformers_loads_our_compressed_tensors_checkpoint(tmp_path):
     for name, layer in quant_layers(model).items():  # decompressed on the first forward
         assert torch.equal(loaded.get_submodule(name).weight, layer.dequantized_weight()), name
     torch.testing.assert_close(theirs, ours, atol=1e-3, rtol=1e-3)
+
+
+def test_tied_embedding_is_stored_once_and_retied_on_load(tmp_path):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    )  # fmt: skip
+    model = quantize_linears(
+        LlamaForCausalLM(cfg).eval(), QuantSpec(bits=4, group_size=32), backend="reference"
+    )
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    path = save_quantized(model, tmp_path / "ckpt")
+    keys = set(load_quantized(path).tensors)
+    assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys
+    loaded = load_quantized_model(path, backend="reference")
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
