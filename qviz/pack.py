@@ -109,8 +109,12 @@ def unpack_bits(words: torch.Tensor, bits: int, n: int, dim: int = -1) -> torch.
     w = words.movedim(dim, -1)
     if w.shape[-1] != math.ceil(n * bits / 32):
         raise ValueError(f"{n} {bits}-bit values need {math.ceil(n * bits / 32)} words, got {w.shape[-1]}")
-    w = torch.nn.functional.pad(w, (0, -w.shape[-1] % bits)).reshape(*w.shape[:-1], -1, bits)
     mask = (1 << bits) - 1
+    if 32 % bits == 0:  # 2, 4, 8 bits: whole values per word, all shifts at once
+        shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=w.device)
+        values = ((w.unsqueeze(-1) >> shifts) & mask).reshape(*w.shape[:-1], -1)[..., :n]
+        return values.movedim(-1, dim).contiguous()
+    w = torch.nn.functional.pad(w, (0, -w.shape[-1] % bits)).reshape(*w.shape[:-1], -1, bits)
     out = []
     for i in range(32):
         word, offset = divmod(i * bits, 32)

@@ -153,14 +153,15 @@ class QuantLinear(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """W_hat (out_features, in_features) = (q - z) * scale, computed in float32, cast to `dtype`."""
-        g = self._groups().long()
-        w = (self.unsigned_codes() - self.zero_point.T[:, g].to(torch.int32)) * self.scales.T[:, g].float()
+        q = self.unsigned_codes()  # (N, K)
+        if self.g_idx is None:  # contiguous groups: broadcast over (N, K/g, g) instead of gathering
+            z = self.zero_point.T.to(torch.int32).unsqueeze(-1)  # (N, K/g, 1)
+            s = self.scales.T.float().unsqueeze(-1)
+            w = ((q.reshape(q.shape[0], -1, self.group_size) - z) * s).reshape(q.shape)
+        else:
+            g = self.g_idx.long()
+            w = (q - self.zero_point.T[:, g].to(torch.int32)) * self.scales.T[:, g].float()
         return w.to(dtype or self.scales.dtype).contiguous()  # row-major like nn.Linear.weight: same matmul
-
-    def _groups(self) -> torch.Tensor:
-        if self.g_idx is not None:
-            return self.g_idx
-        return torch.arange(self.in_features, device=self.qweight.device) // self.group_size
 
     def resolved_backend(self, x: torch.Tensor) -> str:
         """The backend a forward on `x` will use (resolves "auto")."""
