@@ -260,6 +260,16 @@ class GPTQ:
     act_order: bool = False  # columns by descending diag(H)
     static_groups: bool = False  # group qparams from the original W, up front
 
+    def __post_init__(self):
+        if not isinstance(self.spec, QuantSpec):
+            raise ValueError(f"spec must be a qviz.quant.QuantSpec, got {type(self.spec).__name__}")
+        if not (isinstance(self.damp, (int, float)) and 0 <= self.damp < float("inf")):
+            raise ValueError(f"damp must be a finite number >= 0 (e.g. 0.01), got {self.damp!r}")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size must be a positive integer (e.g. 128), got {self.block_size!r}")
+        if self.static_groups and self.spec.granularity != "group":
+            raise ValueError("static_groups needs a grouped spec (group_size=...)")
+
     def quantize_layer(self, layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]:
         linears = linear_layers(layer, family)
         hessians = collect_hessians(layer, linears, inputs)
@@ -310,8 +320,8 @@ def quantize_model(
     `qviz.calib.capture_layer_inputs`). Returns one row per linear (see `qviz.calib.linear_report`)
     with, in addition, "rtn_output_rel_error" (plain rounding on the same inputs) and "damp" (the damping used).
     """
+    method = GPTQ(spec, damp, block_size, act_order, static_groups)  # validates the options
     check_spec(model, spec)
-    method = GPTQ(spec, damp, block_size, act_order, static_groups)
     return quantize_layerwise(
         model, method, windows, batch_size=batch_size, bos_token_id=bos_token_id, progress=progress
     )

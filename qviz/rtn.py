@@ -31,6 +31,10 @@ class RTN:
 
     spec: QuantSpec
 
+    def __post_init__(self):
+        if not isinstance(self.spec, QuantSpec):
+            raise ValueError(f"spec must be a qviz.quant.QuantSpec, got {type(self.spec).__name__}")
+
     def quantize_layer(self, layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]:
         linears = linear_layers(layer, family)
         hessians = collect_hessians(layer, linears, inputs)

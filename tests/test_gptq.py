@@ -297,3 +297,12 @@ def test_smollm2_gptq_beats_rtn(smollm2):
             del quantized
     assert ppl["gptq", 4] < 0.93 * ppl["rtn", 4]
     assert ppl["gptq", 3] < 0.8 * ppl["rtn", 3]
+
+
+def test_gptq_method_options_are_validated():
+    with pytest.raises(ValueError, match="block_size"):
+        gptq_module.GPTQ(QuantSpec(bits=4), block_size=0)
+    with pytest.raises(ValueError, match="static_groups"):
+        gptq_module.quantize_model(
+            tiny_llama(), QuantSpec(bits=4), torch.zeros(1, 4, dtype=torch.long), static_groups=True
+        )
