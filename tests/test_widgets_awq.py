@@ -69,5 +69,9 @@ def test_explorer_updates_figure_in_place():
     assert fig.data[2].x == (0.3,)
     signal = output_mse(X, W, torch.zeros_like(W))
     assert fig.data[2].y[0] == pytest.approx(want / signal)
-    assert list(fig.data[1].y) == pytest.approx([v / signal for v in alpha_curve(W, X, SPEC, 0.85)])
+    assert explorer.alphas == tuple(i / 10 for i in range(10))
+    curve = alpha_curve(W, X, SPEC, 0.85, explorer.alphas)
+    assert list(fig.data[1].y) == pytest.approx([v / signal for v in curve])
+    with pytest.raises(ValueError, match="n_grid"):
+        AWQGroupExplorer(W, X, SPEC, n_grid=1)
     assert "RTN" in explorer.summary.value
