@@ -1,0 +1,97 @@
+"""The peer's half of bench/peer_gptq_llmcompressor.py: llm-compressor's GPTQ oneshot on a local float model.
+
+Runs in llm-compressor's own virtual environment and imports only torch, transformers, datasets and
+llmcompressor (never qviz). Reads the calibration windows that the qviz side saved, runs GPTQ W4A16 with the
+requested spec, and saves the fake-quantized (dequantized) weights of every quantized linear, their scales
+and the timing to one .pt file, which the qviz side loads into its own copy of the float model.
+
+    python bench/peer_llmcompressor_side.py --model DIR --windows windows.pt --out peer.pt --group-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="float safetensors folder (qviz's cached model)")
+    parser.add_argument("--windows", required=True, help=".pt file with 'calib': (n, seq) ids, BOS included")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--group-size", type=int, default=64)
+    parser.add_argument("--damp", type=float, default=0.01)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import llmcompressor
+    import transformers
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import GPTQModifier
+    from transformers import AutoModelForCausalLM
+
+    calib = torch.load(args.windows)["calib"]  # (n, seq + 1): qviz prepends BOS, so it is already there
+    dataset = Dataset.from_dict(
+        {"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()}
+    )
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    weights = QuantizationArgs(
+        num_bits=args.bits,
+        type="int",
+        symmetric=True,
+        strategy="group",
+        group_size=args.group_size,
+        actorder=None,  # act-order off, as on the qviz side
+    )
+    recipe = GPTQModifier(
+        config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
+        ignore=["lm_head"],
+        block_size=args.block_size,
+        dampening_frac=args.damp,
+    )
+    start = time.perf_counter()
+    oneshot(
+        model=model,
+        dataset=dataset,
+        recipe=recipe,
+        num_calibration_samples=len(calib),
+        max_seq_length=calib.shape[1],
+        shuffle_calibration_samples=False,
+    )
+    seconds = time.perf_counter() - start
+
+    # After oneshot the quantized linears hold their dequantized weights (GPTQ writes Q back into .weight)
+    # and carry weight_scale / weight_zero_point; the qviz side checks the weights lie on that grid.
+    state = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "weight_scale"):
+            state[name] = {
+                "weight": module.weight.detach().float().clone(),
+                "scale": module.weight_scale.detach().float().clone(),
+            }
+    torch.save(
+        {
+            "seconds": seconds,
+            "linears": state,
+            "versions": {
+                "llmcompressor": llmcompressor.__version__,
+                "transformers": transformers.__version__,
+                "torch": str(torch.__version__),
+            },
+            "threads": torch.get_num_threads(),
+        },
+        args.out,
+    )
+    print(f"peer: {len(state)} linears quantized in {seconds:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
