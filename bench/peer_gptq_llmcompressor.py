@@ -130,6 +130,8 @@ def run(args) -> dict:
     print(f"peer: {peer['seconds']:.1f} s inside oneshot, {peer_process_seconds:.1f} s process", flush=True)
 
     models["llm-compressor"] = copy.deepcopy(ref)
+    if peer["actorder"] != ["None"]:
+        raise RuntimeError(f"the peer ran with act-order {peer['actorder']}, not off")
     off_grid = load_peer_weights(models["llm-compressor"], peer["linears"], variants(args.group_size)[0][1])
     scores = {}
     for label, m in models.items():
@@ -147,6 +149,7 @@ def run(args) -> dict:
         "scores": scores,
         "peer_process_seconds": peer_process_seconds,
         "peer_versions": peer["versions"],
+        "peer_actorder": peer["actorder"],
         "off_grid": off_grid,
         "load": load,
     }
@@ -197,7 +200,8 @@ def section(r: dict, args) -> str:
             "- time: qviz = `gptq.quantize_model`; peer = the `oneshot` call (its calibration forward passes, "
             "GPTQ and bookkeeping; model load and imports excluded: the whole peer process took "
             f"{r['peer_process_seconds']:.1f} s). Wall time on a shared machine",
-            f"- check: the peer's weights lie on its INT4 grid (largest |W/scale - code| {r['off_grid']:.1e})",
+            f"- check: the peer's weights lie on its INT4 grid (largest |W/scale - code| {r['off_grid']:.1e}); "
+            f"act-order the peer's layers report after oneshot: {r['peer_actorder']}",
             "",
             "\n".join(rows),
             "",

@@ -49,13 +49,14 @@ def main() -> None:
         symmetric=True,
         strategy="group",
         group_size=args.group_size,
-        actorder=None,  # act-order off, as on the qviz side
+        actorder=None,
     )
     recipe = GPTQModifier(
         config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
         ignore=["lm_head"],
         block_size=args.block_size,
         dampening_frac=args.damp,
+        actorder=None,  # act-order off: the modifier's default ("static") would replace the scheme's None
     )
     start = time.perf_counter()
     oneshot(
@@ -70,9 +71,10 @@ def main() -> None:
 
     # After oneshot the quantized linears hold their dequantized weights (GPTQ writes Q back into .weight)
     # and carry weight_scale / weight_zero_point; the qviz side checks the weights lie on that grid.
-    state = {}
+    state, orders = {}, set()
     for name, module in model.named_modules():
         if hasattr(module, "weight_scale"):
+            orders.add(str(module.quantization_scheme.weights.actorder))
             state[name] = {
                 "weight": module.weight.detach().float().clone(),
                 "scale": module.weight_scale.detach().float().clone(),
@@ -87,6 +89,7 @@ def main() -> None:
                 "torch": str(torch.__version__),
             },
             "threads": torch.get_num_threads(),
+            "actorder": sorted(orders),  # what the peer really ran with
         },
         args.out,
     )
