@@ -1,6 +1,6 @@
 """The peer's half of bench/peer_gptq_llmcompressor.py: llm-compressor's GPTQ oneshot on a local float model.
 
-Runs in llm-compressor's own virtual environment and imports only torch, transformers, datasets and
+Runs in llm-compressor's own virtual environment and imports only torch, transformers, datasets, compressed_tensors and
 llmcompressor (never qviz). Reads the calibration windows that the qviz side saved, runs GPTQ W4A16 with the
 requested spec, and saves the fake-quantized (dequantized) weights of every quantized linear, their scales
 and the timing to one .pt file, which the qviz side loads into its own copy of the float model.
