@@ -48,7 +48,7 @@ def main() -> None:
 
     w = torch.randn(args.size, args.size, generator=torch.Generator().manual_seed(0)) * 0.02
     lines = [
-        f"### Slider update, {args.size}×{args.size} weight ({datetime.date.today()})",
+        f"## Slider update (bench/slider_update.py), {args.size}×{args.size} weight ({datetime.date.today()})",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s), load average {load:.1f} when it started. Command: "
