@@ -1,6 +1,7 @@
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from qviz.arch import decoder_layers, family_of, linear_layers
 from qviz.calib import (
@@ -13,20 +14,6 @@ from qviz.calib import (
     run_layer,
 )
 from qviz.quant import QuantSpec, fake_quantize
-
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def tiny_gemma3(seed=0):

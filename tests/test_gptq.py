@@ -3,6 +3,7 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import tiny_llama
 
 from qviz import gptq as gptq_module
 from qviz.gptq import Hessian, gptq_quantize, output_error
@@ -226,22 +227,6 @@ def test_bad_values():
 
 
 # --- whole models through the layer-by-layer driver -----------------------------------------------------------
-
-
-def tiny_llama(seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.mark.parametrize("act_order", [False, True], ids=["natural", "act_order"])
