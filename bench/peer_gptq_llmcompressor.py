@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,10 +26,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing qviz
 
+from _peer import (  # noqa: E402
+    evaluate,
+    load_peer_weights,
+    machine_line,
+    run_peer,
+    table,
+    verdict,
+    versions_line,
+    write_section,
+)
+
 from qviz import gptq  # noqa: E402
-from qviz.arch import decoder_layers, family_of, linear_layers  # noqa: E402
 from qviz.data import calib_windows, eval_windows  # noqa: E402
-from qviz.eval import compare_logits, perplexity  # noqa: E402
 from qviz.models import cached_model_dir, load_model  # noqa: E402
 from qviz.quant import QuantSpec  # noqa: E402
 
@@ -43,42 +48,13 @@ START, END = (
     "<!-- bench/peer_gptq_llmcompressor.py: start -->",
     "<!-- bench/peer_gptq_llmcompressor.py: end -->",
 )
-
-
-def decoder_linear_names(model) -> list[str]:
-    family = family_of(model)
-    names = {id(m): n for n, m in model.named_modules()}
-    return [
-        names[id(lin)] for layer in decoder_layers(model) for lin in linear_layers(layer, family).values()
-    ]
-
-
-def load_peer_weights(model, peer: dict, spec: QuantSpec) -> float:
-    """Copy the peer's dequantized weights into `model`; return the largest distance of W/scale from an
-    integer code in [qmin, qmax] (0 up to float rounding when the weights really lie on the peer's grid)."""
-    expected = decoder_linear_names(model)
-    if sorted(peer) != sorted(expected):
-        raise RuntimeError(f"peer quantized {sorted(set(peer) ^ set(expected))[:5]}... differently from qviz")
-    worst = 0.0
-    qmin, qmax = -(2 ** (spec.bits - 1)), 2 ** (spec.bits - 1) - 1
-    for name, entry in peer.items():
-        W, scale = entry["weight"], entry["scale"]  # (out, in), (out, in / g)
-        codes = W.reshape(W.shape[0], scale.shape[1], -1) / scale[..., None]  # (out, n_groups, g)
-        off_grid = (codes - codes.round()).abs().max().item()
-        out_of_range = (codes.round().clamp(qmin, qmax) - codes.round()).abs().max().item()
-        worst = max(worst, off_grid, out_of_range)
-        model.get_submodule(name).weight.data.copy_(W)
-    return worst
-
-
-def same_weights(a, b) -> float:
-    """Fraction of decoder-linear weights on which two quantized models agree exactly."""
-    equal = total = 0
-    for name in decoder_linear_names(a):
-        wa, wb = a.get_submodule(name).weight, b.get_submodule(name).weight
-        equal += torch.isclose(wa, wb, rtol=1e-5, atol=1e-7).sum().item()
-        total += wa.numel()
-    return equal / total
+COLUMNS = [
+    ("perplexity", "ppl", ".2f"),
+    ("KL (nats)", "kl", ".4f"),
+    ("top-1 agree", "top1", ".3f"),
+    ("weights identical to the peer's", "same", ".1%"),
+    ("quantize time (s)", "seconds", ".1f"),
+]
 
 
 def variants(group_size: int) -> list[tuple[str, QuantSpec, dict]]:
@@ -115,16 +91,10 @@ def run(args) -> dict:
         load.append(os.getloadavg()[0])
         print(f"{label}: {seconds[label]:.1f} s", flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        windows, out = Path(tmp, "windows.pt"), Path(tmp, "peer.pt")
-        # the peer gets exactly the token rows qviz's capture_layer_inputs builds: BOS + window
-        torch.save({"calib": torch.cat([torch.full_like(cal[:, :1], bos), cal], dim=1)}, windows)
-        command = [args.peer_python, str(PEER_SIDE), "--model", str(folder), "--windows", str(windows)]
-        command += ["--out", str(out), "--group-size", str(args.group_size), "--threads", str(args.threads)]
-        start = time.perf_counter()
-        subprocess.run(command, check=True, timeout=args.peer_timeout)
-        peer_process_seconds = time.perf_counter() - start
-        peer = torch.load(out)
+    options = ["--group-size", str(args.group_size)]
+    peer, peer_process_seconds = run_peer(
+        args.peer_python, PEER_SIDE, folder, cal, bos, options, args.threads, args.peer_timeout
+    )
     load.append(os.getloadavg()[0])
     seconds["llm-compressor"] = peer["seconds"]
     print(f"peer: {peer['seconds']:.1f} s inside oneshot, {peer_process_seconds:.1f} s process", flush=True)
@@ -132,18 +102,8 @@ def run(args) -> dict:
     models["llm-compressor"] = copy.deepcopy(ref)
     if peer["actorder"] != ["None"]:
         raise RuntimeError(f"the peer ran with act-order {peer['actorder']}, not off")
-    off_grid = load_peer_weights(models["llm-compressor"], peer["linears"], variants(args.group_size)[0][1])
-    scores = {}
-    for label, m in models.items():
-        cmp = compare_logits(ref, m, ids, progress=False) if m is not ref else None
-        scores[label] = {
-            "ppl": perplexity(m, ids, progress=False),
-            "kl": cmp.kl if cmp else 0.0,
-            "top1": cmp.top1 if cmp else 1.0,
-            "seconds": seconds.get(label),
-            "same": None if m is ref else same_weights(m, models["llm-compressor"]),
-        }
-        print(label, scores[label], flush=True)
+    off_grid = load_peer_weights(models["llm-compressor"], peer, bits=4)
+    scores = evaluate(models, ids, seconds, same_as=models["llm-compressor"])
     load.append(os.getloadavg()[0])
     return {
         "scores": scores,
@@ -157,35 +117,16 @@ def run(args) -> dict:
 
 def section(r: dict, args) -> str:
     s = r["scores"]
-    peer = s["llm-compressor"]
-    v = r["peer_versions"]
-    rows = [
-        "| quantizer | perplexity | KL (nats) | top-1 agree | weights identical to the peer's | quantize time (s) |",
-        "|---|---|---|---|---|---|",
+    verdicts = [
+        verdict(label, s[label], s["llm-compressor"], 0.5) for label, _, _ in variants(args.group_size)
     ]
-    for label, sc in s.items():
-        same = "" if sc["same"] is None else f"{100 * sc['same']:.1f}%"
-        secs = "" if sc["seconds"] is None else f"{sc['seconds']:.1f}"
-        rows.append(f"| {label} | {sc['ppl']:.2f} | {sc['kl']:.4f} | {sc['top1']:.3f} | {same} | {secs} |")
-    verdicts = []
-    for label, _, _ in variants(args.group_size):
-        gap, ratio = s[label]["ppl"] / peer["ppl"] - 1, s[label]["seconds"] / peer["seconds"]
-        verdicts.append(
-            f"- {label}: perplexity vs peer {100 * gap:+.2f}% (goal: at most +1%): "
-            f"**{'met' if gap <= 0.01 else 'NOT met'}**; time ratio qviz / peer {ratio:.2f} (goal: at most "
-            f"0.5, i.e. qviz at least 2x faster): **{'met' if ratio <= 0.5 else 'NOT met'}**"
-        )
     return "\n".join(
         [
             START,
             f"## GPTQ: qviz versus llm-compressor on {args.model} (bench/peer_gptq_llmcompressor.py)",
             "",
-            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: "
-            f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs; 1-min load average "
-            f"{', '.join(f'{x:.1f}' for x in r['load'])} (start, after each qviz run, after the peer, after "
-            f"evaluation); {args.threads} torch thread(s) on each side; {platform.platform()}",
-            f"- qviz side: torch {torch.__version__}; peer side (own venv, subprocess): llmcompressor "
-            f"{v['llmcompressor']}, transformers {v['transformers']}, torch {v['torch']}",
+            machine_line(r["load"], args.threads),
+            versions_line(r["peer_versions"]),
             f"- command: `python bench/peer_gptq_llmcompressor.py {' '.join(sys.argv[1:])}`",
             f"- model: qviz's cached float folder of {args.model} (the dequantized GGUF release), float32 on "
             "both sides",
@@ -203,7 +144,7 @@ def section(r: dict, args) -> str:
             f"- check: the peer's weights lie on its INT4 grid (largest |W/scale - code| {r['off_grid']:.1e}); "
             f"act-order the peer's layers report after oneshot: {r['peer_actorder']}",
             "",
-            "\n".join(rows),
+            table(s, COLUMNS),
             "",
             *verdicts,
             END,
@@ -227,14 +168,7 @@ def main() -> None:
     text = section(run(args), args)
     print(text, flush=True)
     if not args.no_write:
-        results = (
-            RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        )  # re-read: others append
-        if START in results and END in results:
-            results = results[: results.index(START)] + text + results[results.index(END) + len(END) :]
-        else:
-            results = results.rstrip("\n") + "\n\n" + text + "\n"
-        RESULTS.write_text(results)
+        write_section(RESULTS, START, END, text)  # re-reads the file: others write other sections
 
 
 if __name__ == "__main__":
