@@ -1,6 +1,9 @@
 """qviz's AWQ against llm-compressor's AWQ on the same model, windows and spec, in one run; writes RESULTS_AWQ.md.
 
-    python bench/peer_awq_llmcompressor.py --peer-python /work/peer-venv/bin/python --search-tokens 1026 4104
+    python bench/peer_awq_llmcompressor.py --peer-python /work/peer-venv/bin/python --search-tokens 513 1026 4096
+
+(defaults: 32 x 512 calibration tokens, 2 x 512 evaluation tokens, one torch thread on each side; estimated
+from smaller runs: about 35 minutes on the idle 2-core machine, most of it the peer's search on all tokens.)
 
 The peer runs in its own virtual environment as a subprocess running bench/peer_llmcompressor_awq_side.py on
 qviz's cached float safetensors folder (`qviz.models.cached_model_dir`), with llm-compressor's own AWQ defaults
@@ -164,12 +167,15 @@ def section(r: dict, args) -> str:
             "input_layernorm -> q,k,v; v_proj -> o_proj, skipped on SmolLM2's GQA shapes as in qviz; "
             "post_attention_layernorm -> gate,up; up_proj -> down_proj), then `QuantizationModifier` "
             f"(asymmetric INT4 group {args.group_size}, lm_head ignored; weight observer {o['observer']})",
-            "- where the algorithms differ: (1) grid: with duo_scaling=True the peer tries s = x̄^r / "
-            "(w̄^(1-r) + 1e-4), r ∈ {0, 1/18, ..., 1}, plus s = 1, where w̄ is each input channel's mean "
+            f"- where the algorithms differ: (1) grid: with duo_scaling=True (its default; here "
+            f"{o['duo_scaling']}) the peer tries s = x̄^r / (w̄^(1-r) + 1e-4), r ∈ {{0, 1/18, ..., 1}}, plus "
+            "s = 1 (False: s = x̄^r, r ∈ {0, 1/19, ..., 1}), where w̄ is each input channel's mean "
             "|W|/group max over the balance layers (AutoAWQ's form), qviz the paper's s = s_x^α; (2) tokens: "
             f"the peer's grid search reruns each mapping's module on all {n_cal} calibration tokens, qviz on "
-            "`search_tokens`; (3) clipping: the peer has none (its min-max observer keeps each group's full "
-            "range), qviz searches it on the output error; (4) propagation: the peer calibrates every layer on "
+            "`search_tokens`; (3) clipping: qviz searches it on the output error; the peer's default min-max "
+            "observer keeps each group's full range (its memoryless_mse observer would shrink a range by up to "
+            "20% to minimise the weight error sum |W - Q(W)|^2.4, after the scale search, which always uses "
+            "min-max); (4) propagation: the peer calibrates every layer on "
             "the float model's activations (its sequential pipeline runs with quantization disabled, the AWQ "
             "transform leaves the weights float, and QuantizationModifier quantizes afterwards without data), "
             "qviz on the outputs of the already quantized layers; (5) the grids are the same up to a shift: "
