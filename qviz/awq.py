@@ -50,7 +50,6 @@ from .calib import (
     LayerInputs,
     check_spec,
     linear_report,
-    output_error,
     quantize_layerwise,
     run_layer,
 )
@@ -312,11 +311,8 @@ def awq_layer(
             Q_eff = Q_eff / s_in[name]
         if name in s_out:
             Q_eff = Q_eff * s_out[name][:, None]
-        row = linear_report(name, W0[name], Q_eff, H)
-        signal = output_error(W0[name], torch.zeros_like(W0[name]), H)
-        rtn = output_error(W0[name], fake_quantize(W0[name], spec), H)
-        row.update(rtn_output_rel_error=rtn / signal if signal > 0 else float("nan"),
-                   clip_ratio=None if clip is None else clip.ratio.mean().item())  # fmt: skip
+        row = linear_report(name, W0[name], Q_eff, H, Q_rtn=fake_quantize(W0[name], spec))
+        row["clip_ratio"] = None if clip is None else clip.ratio.mean().item()
         rows.append(row)
     return group_results, rows
 

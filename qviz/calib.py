@@ -78,14 +78,16 @@ class Hessian:
         n = X.shape[0]
         if n == 0:
             raise ValueError("add_batch got no tokens")
-        if not torch.isfinite(X).all():
+        XtX = X.T @ X
+        # A NaN or Inf in X reaches diag(XᵀX) = Σ x², so checking its n diagonal entries checks every value of
+        # X (far cheaper than a pass over X; an |x| > 1e19, whose square overflows, is refused too).
+        if not torch.isfinite(torch.diagonal(XtX)).all():
             raise ValueError("X has NaN or Inf values: calibration inputs must be finite")
         if self._H is None:
-            self._H = torch.zeros(self.in_features, self.in_features, dtype=self.dtype, device=X.device)
-        self._H *= self.n_tokens / (self.n_tokens + n)  # running average: rescale the old mean
+            self._H = torch.zeros_like(XtX)
+        old = self.n_tokens
         self.n_tokens += n
-        X = (2 / self.n_tokens) ** 0.5 * X
-        self._H += X.T @ X
+        self._H.mul_(old / self.n_tokens).add_(XtX, alpha=2 / self.n_tokens)  # running average of 2xxᵀ
 
     @property
     def H(self) -> torch.Tensor:
@@ -290,16 +292,19 @@ def linear_report(
     Q: torch.Tensor,
     H: torch.Tensor | None = None,
     Q_rtn: torch.Tensor | None = None,
+    err: float | None = None,
 ) -> dict:
     """One report row for a linear whose weight W (out, in) becomes Q.
 
     weight_mse, sqnr_db: error of the weights themselves. With H = 2XXᵀ/n of the calibration inputs also
     output_mse = mean over tokens and outputs of ((W − Q)x)², and output_rel_error = ‖WX − QX‖² / ‖WX‖²
     (bias excluded: it cancels in the difference); with Q_rtn (plain rounding) also rtn_output_rel_error.
+    `err`: output_error(W, Q, H) when the caller already knows it (GPTQ does, from its losses).
     """
     row = {"linear": name, "shape": tuple(W.shape), "weight_mse": mse(W, Q), "sqnr_db": sqnr_db(W, Q)}
     if H is not None:
-        err, signal = output_error(W, Q, H), output_error(W, torch.zeros_like(W), H)
+        err = output_error(W, Q, H) if err is None else err
+        signal = output_error(W, torch.zeros_like(W), H)
         row["output_mse"] = err / W.shape[0]
         row["output_rel_error"] = err / signal if signal > 0 else float("nan")
         if Q_rtn is not None:

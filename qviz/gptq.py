@@ -24,7 +24,6 @@ chooses every group's qparams up front from the original W instead (the referenc
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -46,9 +45,7 @@ from .quant import (
     QuantSpec,
     check_tensor,
     choose_qparams,
-    dequantize,
     fake_quantize,
-    quantize,
 )
 
 __all__ = ["GPTQ", "GPTQResult", "Hessian", "gptq_quantize", "output_error", "quantize_model"]
@@ -70,6 +67,7 @@ class GPTQResult:
     losses: torch.Tensor  # (in_features,) Σ_rows (w − q)² / Hinv[i, i]² / 2 per column: the paper's Losses
     loss: float  # Losses summed: ½·tr((W − Q)(H + λI)(W − Q)ᵀ) for the damped H
     output_error: float  # ½·tr((W − Q) H (W − Q)ᵀ) = mean over tokens of ‖(W − Q)x‖² (undamped H)
+    row_output_error: torch.Tensor  # (out_features,) the same per output row (sums to output_error)
     damp: float  # relative damping finally used: λ = damp · mean(diag H)
     trace: torch.Tensor | None = None  # (in_features + 1, trace_rows, in_features): rows 0.. after each step
 
@@ -79,19 +77,23 @@ class GPTQResult:
 
 
 def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor of (H + λI)⁻¹ with λ = damp·mean(diag H), via cholesky -> cholesky_inverse ->
-    cholesky(upper), never an explicit inverse. Retries with 10x the damping while a factorization fails."""
+    """Upper Cholesky factor U of (H + λI)⁻¹ = UᵀU, λ = damp·mean(diag H), never forming an inverse.
+
+    With J the order-reversing permutation, factor J(H + λI)J = LLᵀ; then (H + λI)⁻¹ = (JL⁻ᵀJ)(JL⁻¹J), and
+    U = JL⁻¹J is upper triangular with a positive diagonal: the factor the paper asks for, from one Cholesky
+    and one triangular inverse (half the work of Cholesky -> inverse -> Cholesky, and more accurate).
+    Retries with 10x the damping while the factorization fails.
+    """
     mean_diag = torch.diag(H).mean()
     first = damp
     for _ in range(MAX_DAMP_TRIES):
-        Hd = H.clone()
+        Hd = H.flip(0, 1)  # a copy: J H J
         Hd.diagonal().add_(damp * mean_diag)
         L, info = torch.linalg.cholesky_ex(Hd)
         if info == 0:
-            # (H + λI)⁻¹ from the factor: cholesky_solve(I, L) is cholesky_inverse(L), ~4x faster on CPU here
             eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-            Hinv, info = torch.linalg.cholesky_ex(torch.cholesky_solve(eye, L), upper=True)
-            if info == 0 and torch.isfinite(Hinv).all():
+            Hinv = torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+            if torch.isfinite(Hinv).all():
                 if damp != first:
                     warnings.warn(
                         f"GPTQ: Cholesky of H + λI failed at damp={first:g}; used damp={damp:g} instead "
@@ -161,14 +163,8 @@ def gptq_quantize(
         if grouped
         else torch.zeros_like(dead, dtype=torch.long)
     )
-    group_spec, column_spec = (
-        spec,
-        dataclasses.replace(spec, granularity="channel", group_size=None, clip_ratio=1.0, mse_clip=False),
-    )
     if not grouped or static_groups:  # one choice of qparams up front, from the (dead-zeroed) original W
-        scale, zero_point = choose_qparams(W, spec)
-        if spec.granularity == "tensor":  # one (1, 1) pair: every row uses it
-            column_spec = dataclasses.replace(column_spec, granularity="tensor")
+        scale, zero_point = choose_qparams(W, spec)  # (rows, n) or, per-tensor, one (1, 1) pair for every row
     else:
         n_groups = columns // spec.group_size
         scale = torch.ones(rows, n_groups, device=W.device)
@@ -201,33 +197,50 @@ def gptq_quantize(
 
     if trace_rows:
         trace.append(W[:trace_rows, invperm].clone())
+    # The rounding of one column, written out (it is `qviz.quant.quantize` then `dequantize`, bit for bit,
+    # without their checks and bookkeeping, which would cost more than the arithmetic in this loop).
+    qmin, qmax = spec.qmin, spec.qmax
+    d_all = torch.diag(Hinv).tolist()
+    g_now = None
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
         W1 = W[:, i1:i2].T.contiguous().T
-        Err1 = torch.zeros_like(W1)
+        Q1, C1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1, dtype=torch.float32), torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             g = group_of[i1 + i]
             if g in pending:  # first column of this group reached: choose its qparams now
                 members = invperm[g_idx == g]  # processing positions of the group's columns
-                s, z = choose_qparams(current(members, i1, i2, W1, Err1), group_spec)
+                s, z = choose_qparams(current(members, i1, i2, W1, Err1), spec)
                 scale[:, g], zero_point[:, g] = s[:, 0], z[:, 0]
                 pending.remove(g)
-            w, d = W1[:, i], Hinv1[i, i]
-            qt = quantize(w.unsqueeze(1), column_spec, scale[:, g : g + 1], zero_point[:, g : g + 1])
-            q = dequantize(qt)[:, 0]
-            codes[:, i1 + i], Q[:, i1 + i] = qt.codes[:, 0], q
-            Losses[:, i1 + i] = (w - q) ** 2 / d**2 / 2
-            err1 = (w - q) / d
+                g_now = None
+            if g != g_now:  # this group's (scale, zero_point) as float32 columns ((1,) per-tensor: broadcast)
+                g_now, s_col, z_col = g, scale[:, g].float(), zero_point[:, g].float()
+            w = W1[:, i]
+            c = w.float().div(s_col).round_().add_(z_col).clamp_(qmin, qmax)  # codes, as exact floats
+            q = (c - z_col).mul_(s_col).to(dtype)
+            C1[:, i], Q1[:, i] = c, q
+            err1 = (w - q).div_(d_all[i1 + i])
             W1[:, i:].addr_(err1, Hinv1[i, i:], alpha=-1)  # W1[:, i:] -= err1 ⊗ Hinv1[i, i:]
             Err1[:, i] = err1
             if trace_rows:
                 rest = W[:trace_rows, i2:] - Err1[:trace_rows] @ Hinv[i1:i2, i2:]
+                Q[:trace_rows, i1 : i1 + i + 1] = Q1[:trace_rows, : i + 1]
                 state = torch.cat([Q[:trace_rows, : i1 + i + 1], W1[:trace_rows, i + 1 :], rest], dim=1)
                 trace.append(state[:, invperm])
+        Q[:, i1:i2], codes[:, i1:i2] = Q1, C1.to(torch.int32)
+        Losses[:, i1:i2] = Err1.pow(2).div_(2)  # (w − q)² / Hinv[i, i]² / 2
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
     Q, codes, Losses = Q[:, invperm], codes[:, invperm], Losses[:, invperm]
+    # The output error comes free from the losses. GPTQ leaves W − Q = Err·Hinv (each column's error is the
+    # sum of the updates it received), so ½·tr((W − Q)(H + λI)(W − Q)ᵀ) = ½‖Err‖² = ΣLosses, exactly; take
+    # away the damping term ½λ‖W − Q‖² to get the undamped ½·tr((W − Q) H (W − Q)ᵀ), row by row. (Dead
+    # columns: there W − Q counts as 0 and H is 0, so they add nothing either way.)
+    lam = damp * torch.diag(H).mean().item()
+    D = torch.where(dead, 0.0, W0.to(dtype=dtype, device=Q.device)) - Q
+    row_output_error = Losses.sum(1) - 0.5 * lam * D.pow(2).sum(1)
     Q = Q.to(dtype=W0.dtype)
     return GPTQResult(
         Q=Q,
@@ -239,7 +252,8 @@ def gptq_quantize(
         perm=perm,
         losses=Losses.sum(0),
         loss=Losses.sum().item(),
-        output_error=output_error(W0, Q, H0),
+        output_error=row_output_error.sum().item(),
+        row_output_error=row_output_error,
         damp=damp,
         trace=torch.stack(trace) if trace_rows else None,
     )
@@ -293,8 +307,9 @@ class GPTQ:
                 act_order=self.act_order,
                 static_groups=self.static_groups,
             )
-            for name, W, Q in zip(names, weights, r.Q.split([w.shape[0] for w in weights])):
-                row = linear_report(name, W, Q, H, Q_rtn=fake_quantize(W, self.spec))
+            sizes = [w.shape[0] for w in weights]
+            for name, W, Q, err in zip(names, weights, r.Q.split(sizes), r.row_output_error.split(sizes)):
+                row = linear_report(name, W, Q, H, Q_rtn=fake_quantize(W, self.spec), err=err.sum().item())
                 row["damp"] = r.damp
                 W.copy_(Q)
                 rows.append(row)

@@ -121,6 +121,20 @@ def test_result_is_consistent():
     torch.testing.assert_close(r.trace[k + 1][:, r.perm[:k]], r.Q[:3, r.perm[:k]])
 
 
+@pytest.mark.parametrize("act_order", [False, True], ids=["natural", "act_order"])
+def test_output_error_from_losses_float32(act_order):
+    """output_error comes from GPTQ's losses (W − Q = Err·Hinv), not from a product with H: in float32, on a
+    layer with dead inputs, it must still equal the error measured directly, in total and per row."""
+    W, X = random_layer(out_features=40, in_features=64, tokens=512, seed=9)
+    X[:, [3, 50]] = 0  # two inputs that never fire
+    W, H = W.float(), hessian(X).float()
+    r = gptq_quantize(W, H, QuantSpec(bits=3, symmetric=False, group_size=16), act_order=act_order)
+    direct = ((W.double() - r.Q.double()) @ X.T).pow(2)  # (out, tokens)
+    assert r.output_error == pytest.approx(direct.sum().item() / X.shape[0], rel=1e-4)
+    torch.testing.assert_close(r.row_output_error.double(), direct.sum(1) / X.shape[0], rtol=1e-3, atol=0)
+    assert r.row_output_error.shape == (40,)
+
+
 def test_float32_and_bfloat16_inputs():
     W, X = random_layer(seed=6)
     H = hessian(X).float()
@@ -224,6 +238,16 @@ def test_bad_values():
         h.add_batch(torch.full((2, 16), float("nan")))
     with pytest.raises(ValueError, match="features"):
         h.add_batch(torch.zeros(2, 8))
+    # One bad value among good ones is found (from diag(XᵀX)), and a refused batch changes nothing.
+    X = torch.randn(5, 16)
+    h.add_batch(X)
+    before = h.H.clone()
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        Y = torch.randn(7, 16)
+        Y[3, 11] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            h.add_batch(Y)
+        assert h.n_tokens == 5 and torch.equal(h.H, before)
 
 
 # --- whole models through the layer-by-layer driver -----------------------------------------------------------
