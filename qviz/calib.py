@@ -206,19 +206,39 @@ def capture_linear_inputs(
     linears: dict[str, nn.Linear],
     inputs: LayerInputs,
     fn: Callable[[str, torch.Tensor], None],
+    *,
+    outputs: bool = True,
 ) -> list[torch.Tensor]:
     """Run the layer on `inputs` and call fn(name, X) with each linear's input X: (tokens, in_features)
     (a view of the tensor the linear reads: do not modify it).
 
-    Returns the layer's outputs (from the weights as they are now).
+    Returns the layer's outputs (from the weights as they are now). outputs=False returns [] and stops each
+    call as soon as every linear has shown its input: the rest of the layer (at least the last linear's
+    product, e.g. down_proj's) is never computed.
     """
+    seen: set[str] = set()
 
     def hook(name):
-        return lambda module, args: fn(name, args[0].reshape(-1, args[0].shape[-1]))
+        def pre_hook(module, args):
+            fn(name, args[0].reshape(-1, args[0].shape[-1]))
+            seen.add(name)
+            if not outputs and len(seen) == len(linears):
+                raise _StopForward
+
+        return pre_hook
 
     handles = [linear.register_forward_pre_hook(hook(name)) for name, linear in linears.items()]
     try:
-        return run_layer(layer, inputs)
+        if outputs:
+            return run_layer(layer, inputs)
+        with torch.no_grad():
+            for h, kw in zip(inputs.hidden, inputs.kwargs):
+                seen.clear()
+                try:
+                    layer(h, **kw)
+                except _StopForward:
+                    pass
+        return []
     finally:
         for handle in handles:
             handle.remove()
@@ -282,7 +302,7 @@ def collect_hessians(
         if owner[name]:
             hessians[name].add_batch(X)
 
-    capture_linear_inputs(layer, linears, inputs, add)
+    capture_linear_inputs(layer, linears, inputs, add, outputs=False)  # only the inputs are needed
     return hessians
 
 

@@ -7,6 +7,7 @@ from qviz.arch import decoder_layers, family_of, linear_layers
 from qviz.calib import (
     Hessian,
     capture_layer_inputs,
+    capture_linear_inputs,
     check_spec,
     collect_hessians,
     linear_report,
@@ -108,6 +109,30 @@ def test_hessians_equal_direct_computation():
         torch.testing.assert_close(hessians[name].H, 2 * X.T @ X / X.shape[0], rtol=1e-5, atol=1e-6)
     assert hessians["mlp.down_proj"].H.shape == (128, 128)
     assert hessians["mlp.down_proj"].n_tokens == 5 * 17  # BOS + 16 tokens per window
+
+
+def test_collect_hessians_skips_the_rest_of_the_layer():
+    """Only the linears' inputs are needed: each call stops at down_proj's input (its product never runs),
+    and every H equals the one from a full run of the layer, down_proj's included."""
+    model = tiny_llama()
+    inputs, _ = capture_layer_inputs(model, windows(), batch_size=2)
+    layer = decoder_layers(model)[0]
+    linears = linear_layers(layer, family_of(model))
+    full = {}
+    outputs = capture_linear_inputs(
+        layer, linears, inputs, lambda n, X: full.setdefault(n, []).append(X.clone())
+    )
+    assert len(outputs) == len(inputs.hidden)
+    ran = []
+    handle = linears["mlp.down_proj"].register_forward_hook(lambda *a: ran.append(1))
+    try:
+        hessians = collect_hessians(layer, linears, inputs)
+    finally:
+        handle.remove()
+    assert ran == []
+    for name, Xs in full.items():
+        X = torch.cat(Xs)
+        torch.testing.assert_close(hessians[name].H, 2 * X.T @ X / X.shape[0], rtol=1e-5, atol=1e-6)
 
 
 def test_linear_report_output_error():
