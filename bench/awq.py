@@ -25,6 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing qviz
 
+from _peer import write_section  # noqa: E402
+
 from qviz import awq, rtn  # noqa: E402
 from qviz.arch import decoder_layers, family_of, linear_layers  # noqa: E402
 from qviz.data import calib_windows, eval_windows  # noqa: E402
@@ -105,9 +107,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [row for name in args.models for row in run_model(name, args)]
+    key = " ".join(args.models)
+    start, end = f"<!-- bench/awq.py {key}: start -->", f"<!-- bench/awq.py {key}: end -->"
     text = "\n".join(
         [
-            "# AWQ versus RTN on the offline models (bench/awq.py)",
+            start,
+            f"## AWQ versus RTN on {', '.join(args.models)} (bench/awq.py)",
             "",
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: "
             f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -119,12 +124,12 @@ def main() -> None:
             "- reference: the dequantized GGUF release; quantize time is wall time on a shared machine",
             "",
             table(rows),
-            "",
+            end,
         ]
     )
     print(text)
-    if not args.no_write:
-        RESULTS.write_text(text)
+    if not args.no_write:  # one section per list of models, between its markers: other sections stay
+        write_section(RESULTS, start, end, text)
 
 
 if __name__ == "__main__":
