@@ -24,6 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing qviz
 
+from _peer import write_section  # noqa: E402
+
 from qviz import gptq, rtn  # noqa: E402
 from qviz.arch import decoder_layers, family_of, linear_layers  # noqa: E402
 from qviz.data import calib_windows, eval_windows  # noqa: E402
@@ -142,12 +144,7 @@ def write(rows: list[dict], args) -> None:
         ]
     )
     if not args.no_write:
-        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        if start in text and end in text:
-            text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        RESULTS.write_text(text)
+        write_section(RESULTS, start, end, section)
 
 
 if __name__ == "__main__":
