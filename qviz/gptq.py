@@ -197,15 +197,16 @@ def gptq_quantize(
 
     if trace_rows:
         trace.append(W[:trace_rows, invperm].clone())
-    # The rounding of one column, written out (it is `qviz.quant.quantize` then `dequantize`, bit for bit,
-    # without their checks and bookkeeping, which would cost more than the arithmetic in this loop).
-    qmin, qmax = spec.qmin, spec.qmax
+    # The rounding of one column, written out: round(w / s) (+ z), clamp, (− z) · s, in float32 as
+    # `qviz.quant.quantize` + `dequantize` do, bit for bit, but without their checks and bookkeeping, which
+    # would cost more than the arithmetic (this loop runs once per column of every weight in the model).
+    qmin, qmax, asym = spec.qmin, spec.qmax, not spec.symmetric
     d_all = torch.diag(Hinv).tolist()
     g_now = None
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
-        W1 = W[:, i1:i2].T.contiguous().T
-        Q1, C1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1, dtype=torch.float32), torch.zeros_like(W1)
+        W1 = W[:, i1:i2].T.contiguous().T  # column-major: each W1[:, i] is contiguous
+        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             g = group_of[i1 + i]
@@ -218,18 +219,24 @@ def gptq_quantize(
             if g != g_now:  # this group's (scale, zero_point) as float32 columns ((1,) per-tensor: broadcast)
                 g_now, s_col, z_col = g, scale[:, g].float(), zero_point[:, g].float()
             w = W1[:, i]
-            c = w.float().div(s_col).round_().add_(z_col).clamp_(qmin, qmax)  # codes, as exact floats
-            q = (c - z_col).mul_(s_col).to(dtype)
-            C1[:, i], Q1[:, i] = c, q
-            err1 = (w - q).div_(d_all[i1 + i])
+            q = w.float().div(s_col).round_()
+            if asym:
+                q = q.add_(z_col).clamp_(qmin, qmax).sub_(z_col).mul_(s_col)
+            else:
+                q = q.clamp_(qmin, qmax).mul_(s_col)
+            Q1[:, i] = q
+            err1 = torch.sub(w, q, out=Err1[:, i]).div_(d_all[i1 + i])  # (w − q) / Hinv[i, i], into Err1
             W1[:, i:].addr_(err1, Hinv1[i, i:], alpha=-1)  # W1[:, i:] -= err1 ⊗ Hinv1[i, i:]
-            Err1[:, i] = err1
             if trace_rows:
                 rest = W[:trace_rows, i2:] - Err1[:trace_rows] @ Hinv[i1:i2, i2:]
                 Q[:trace_rows, i1 : i1 + i + 1] = Q1[:trace_rows, : i + 1]
                 state = torch.cat([Q[:trace_rows, : i1 + i + 1], W1[:trace_rows, i + 1 :], rest], dim=1)
                 trace.append(state[:, invperm])
-        Q[:, i1:i2], codes[:, i1:i2] = Q1, C1.to(torch.int32)
+        # The block's codes, recovered from Q1 = (c − z)·s: |c − z| < 2^16, so Q1 / s rounds back exactly.
+        cols = torch.tensor(group_of[i1:i2], device=W.device)
+        s_blk, z_blk = scale[:, cols].float(), zero_point[:, cols]
+        codes[:, i1:i2] = (Q1.float() / s_blk).round_().to(torch.int32) + z_blk
+        Q[:, i1:i2] = Q1
         Losses[:, i1:i2] = Err1.pow(2).div_(2)  # (w − q)² / Hinv[i, i]² / 2
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
