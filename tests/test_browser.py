@@ -7,7 +7,8 @@ Run All Cells from the menu, press ArrowRight on a slider handle, and compare th
 and after. A screenshot is kept in artifacts/browser/.
 
 Without /usr/bin/chromium the test skips, except under CI (CI=true), where it fails.
-Point it at another notebook with QVIZ_BROWSER_NOTEBOOK=path/to/notebook.ipynb.
+Point it at another notebook with QVIZ_BROWSER_NOTEBOOK=path/to/notebook.ipynb; QVIZ_BROWSER_PAGES=1 also
+screenshots the whole notebook, screen by screen, for reading it through.
 """
 
 import json
@@ -226,6 +227,17 @@ def _screenshot(page, suffix: str) -> Path:
     return path
 
 
+def _screenshot_pages(page) -> None:
+    """Scroll the notebook from top to bottom, one screen per screenshot: <stem>-page-NN.png."""
+    scroller = page.locator(".jp-NotebookPanel .jp-WindowedPanel-outer").first
+    height = scroller.evaluate("el => el.scrollHeight")
+    step = scroller.evaluate("el => el.clientHeight") - 80  # keep a little overlap between screens
+    for n, top in enumerate(range(0, height, step)):
+        scroller.evaluate(f"el => el.scrollTo(0, {top})")
+        page.wait_for_timeout(700)  # windowed rendering draws the cells that came into view
+        _screenshot(page, f"page-{n:02d}")
+
+
 @pytest.mark.timeout(1800)
 def test_slider_updates_figure_in_jupyterlab(notebook_url):
     from playwright.sync_api import sync_playwright
@@ -277,5 +289,7 @@ def test_slider_updates_figure_in_jupyterlab(notebook_url):
             errors = _error_outputs(page)
             assert not errors, "cells show errors after moving the slider:\n" + "\n---\n".join(errors)
             assert json.loads(figure.evaluate(FIGURE_DATA_JS)), "figure has no traces"
+            if os.environ.get("QVIZ_BROWSER_PAGES"):  # the whole notebook, screen by screen, to read it
+                _screenshot_pages(page)
         finally:
             browser.close()

@@ -68,7 +68,7 @@ def awq_channels_figure(data: dict, *, name: str = "linear") -> go.Figure:
         title=f"{name}: salient channels have large activations, not large weights "
         f"({data['overlap']} of {data['k']} also in the top by weight)",
         xaxis_title="mean |x_j| over calibration tokens (activation units, log)",
-        yaxis_title="mean |W[:, j]| over output rows (weight units, log)",
+        yaxis_title="mean |W[:, j]| (weight units, log)",
         xaxis_type="log", yaxis_type="log", template="plotly_white",
     )  # fmt: skip
     return fig
@@ -108,7 +108,7 @@ def alpha_loss_figure(data: dict) -> go.Figure:
     fig.update_layout(
         title="AWQ scale search: output loss of each scale group versus α (star: chosen α*)",
         xaxis_title="α (s = s_x^α, dimensionless)",
-        yaxis_title="output MSE of the inspected block / MSE at α = 0 (ratio)",
+        yaxis_title="block output MSE / RTN's (ratio)",
         template="plotly_white",
     )
     return fig
@@ -149,7 +149,7 @@ def clip_curve_figure(data: dict, *, name: str = "linear") -> go.Figure:
     fig.update_layout(
         title=f"{name}: clipping the largest weights trades a few big errors for a finer grid",
         xaxis_title="clip ratio r (range shrunk to r·max|W|, dimensionless)",
-        yaxis_title="mean over tokens of ‖(W − Q)x‖² per output (squared output units)",
+        yaxis_title="output MSE, mean ((W − Q)x)² (squared units)",
         xaxis_autorange="reversed", template="plotly_white",
     )  # fmt: skip
     return fig
@@ -183,7 +183,7 @@ def awq_layer_loss_figure(data: dict, *, label: str = "") -> go.Figure:
     fig.update_layout(
         title=f"Per-layer output error: AWQ versus {'GPTQ and ' if 'gptq' in data else ''}RTN {label}".strip(),
         xaxis_title="decoder layer",
-        yaxis_title="mean ‖WX − QX‖² / ‖WX‖² over the layer's linears (ratio, log)",
+        yaxis_title="‖WX − QX‖² / ‖WX‖² (ratio, log)",
         yaxis_type="log", template="plotly_white",
     )  # fmt: skip
     return fig
