@@ -181,7 +181,7 @@ def awq_layer_loss_figure(data: dict, *, label: str = "") -> go.Figure:
             fig.add_scatter(x=data["layers"], y=data[key], mode="lines+markers", name=key.upper(),
                             line=dict(color=color))  # fmt: skip
     fig.update_layout(
-        title=f"Per-layer output error: AWQ versus {'GPTQ and ' if 'gptq' in data else ''}RTN {label}".strip(),
+        title=f"Per-layer output error (mean of its linears): AWQ vs {'GPTQ and ' if 'gptq' in data else ''}RTN {label}".strip(),
         xaxis_title="decoder layer",
         yaxis_title="‖WX − QX‖² / ‖WX‖² (ratio, log)",
         yaxis_type="log", template="plotly_white",

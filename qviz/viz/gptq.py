@@ -246,9 +246,9 @@ def layer_loss_figure(data: dict, *, label: str = "") -> go.Figure:
             x=data["layers"], y=data[key], mode="lines+markers", name=key.upper(), line=dict(color=color)
         )
     fig.update_layout(
-        title=f"Per-layer output error, GPTQ versus RTN{', ' + label if label else ''}",
+        title=f"Per-layer output error (mean of its linears): GPTQ vs RTN{', ' + label if label else ''}",
         xaxis_title="decoder layer", xaxis_dtick=1,
-        yaxis_title="mean ‖WX − QX‖² / ‖WX‖² over the layer's linears (log)",
+        yaxis_title="‖WX − QX‖² / ‖WX‖² (ratio, log)",
         yaxis_type="log", template="plotly_white",
     )  # fmt: skip
     return fig
