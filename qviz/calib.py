@@ -253,13 +253,22 @@ def quantize_layerwise(
     batch_size: int = 8,
     bos_token_id: int | str | None = "auto",
     progress: bool = True,
+    n_layers: int | None = None,
 ) -> list[dict]:
     """Quantize `model` in place, one decoder layer at a time, with `method`; returns its per-linear rows.
 
     windows: (n, seq) token ids (e.g. `qviz.data.calib_windows(tok, n=128, seqlen=512)`), run in batches of
     `batch_size` windows, each prefixed with BOS (see `capture_layer_inputs`). Each row is the method's dict
-    for one linear, plus "layer": the layer index.
+    for one linear, plus "layer": the layer index. n_layers: quantize only the first n decoder layers and
+    leave the rest in float (quick experiments); None: all of them.
     """
+    n_total = len(decoder_layers(model))
+    if n_layers is not None and (
+        isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= n_total
+    ):
+        raise ValueError(
+            f"n_layers must be an integer from 1 to {n_total} (this model's decoder layers), or None; got {n_layers!r}"
+        )
     family = family_of(model)
     was_training = model.training
     model.eval()
@@ -268,14 +277,15 @@ def quantize_layerwise(
             model, windows, batch_size=batch_size, bos_token_id=bos_token_id
         )
         rows = []
-        layers = decoder_layers(model)
+        layers = decoder_layers(model)[:n_layers]
         for index, layer in enumerate(
             tqdm(layers, desc=f"quantize {type(method).__name__}", disable=not progress)
         ):
             inputs = LayerInputs(inputs.hidden, kwargs[index])
             for row in method.quantize_layer(layer, inputs, family):
                 rows.append({"layer": index, **row})
-            inputs = LayerInputs(run_layer(layer, inputs), kwargs[index])
+            if index + 1 < len(layers):  # the last layer's outputs feed nothing that is quantized
+                inputs = LayerInputs(run_layer(layer, inputs), kwargs[index])
     finally:
         model.train(was_training)
     return rows

@@ -87,6 +87,31 @@ def test_next_layer_sees_the_quantized_outputs(make):
     assert not torch.allclose(method.inputs[1], float_hidden[1], atol=1e-3)  # rounding did change them
 
 
+def test_n_layers_quantizes_only_the_first_layers():
+    model, ids = tiny_llama(), windows()
+    before = [
+        lin.weight.clone()
+        for layer in decoder_layers(model)
+        for lin in linear_layers(layer, family_of(model)).values()
+    ]
+    method = Recorder(QuantSpec(bits=2))
+    rows = quantize_layerwise(model, method, ids, bos_token_id=None, progress=False, n_layers=1)
+    assert [r["layer"] for r in rows] == [0]
+    after = [
+        lin.weight
+        for layer in decoder_layers(model)
+        for lin in linear_layers(layer, family_of(model)).values()
+    ]
+    per_layer = len(after) // len(decoder_layers(model))
+    assert all(
+        not torch.equal(b, a) for b, a in zip(before[:per_layer], after[:per_layer])
+    )  # layer 0 rounded
+    assert all(torch.equal(b, a) for b, a in zip(before[per_layer:], after[per_layer:]))  # the rest float
+    for bad in (0, len(decoder_layers(model)) + 1, 1.5, True):
+        with pytest.raises(ValueError, match="n_layers must be an integer from 1 to"):
+            quantize_layerwise(model, Recorder(), ids, progress=False, n_layers=bad)
+
+
 def test_capture_restores_the_layers():
     model = tiny_llama()
     inputs, kwargs = capture_layer_inputs(model, windows(n=3), batch_size=2)
