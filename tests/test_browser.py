@@ -256,6 +256,8 @@ def test_slider_updates_figure_in_jupyterlab(notebook_url):
             _wait_until(lambda: _all_cells_done(page), RUN_ALL_MS, "Run All to finish", page)
             errors = _error_outputs(page)
             assert not errors, "cells show errors after Run All:\n" + "\n---\n".join(errors)
+            if os.environ.get("QVIZ_BROWSER_PAGES"):  # the whole notebook, screen by screen, to read it
+                _screenshot_pages(page)
 
             # The first cell output holding both a slider and a plotly figure: an explorer widget.
             explorer = page.locator(".jp-OutputArea", has=page.locator(".widget-slider")).filter(
@@ -289,7 +291,5 @@ def test_slider_updates_figure_in_jupyterlab(notebook_url):
             errors = _error_outputs(page)
             assert not errors, "cells show errors after moving the slider:\n" + "\n---\n".join(errors)
             assert json.loads(figure.evaluate(FIGURE_DATA_JS)), "figure has no traces"
-            if os.environ.get("QVIZ_BROWSER_PAGES"):  # the whole notebook, screen by screen, to read it
-                _screenshot_pages(page)
         finally:
             browser.close()

@@ -101,3 +101,15 @@ def test_nb03_checks(capsys):
     assert "layers run from 0 to 3" in capsys.readouterr().out.splitlines()[-1]
     assert nb03.check_linear_bytes(1_000_000, 4, 1_000_000 * (4 + 20 / 64) / 8e6)
     assert not nb03.check_linear_bytes(1_000_000, 4, 0.5)
+
+
+def test_metric_vs_bits_reference_stays_at_its_value_on_a_log_axis():
+    """The reference line is data at y = reference: an add_hline annotation would sit at 10^reference on a
+    log axis and stretch the autorange to 1e16 (seen in notebook 04)."""
+    results = [dict(bits=4, granularity="g128", ppl=24.6), dict(bits=8, granularity="channel", ppl=14.9)]
+    fig = viz.metric_vs_bits(results, metric="ppl", reference=14.86, log=True, title="t", yaxis="perplexity")
+    assert fig.layout.yaxis.type == "log"
+    assert not fig.layout.annotations and not fig.layout.shapes
+    ref = [t for t in fig.data if t.name == "unquantized reference"]
+    assert len(ref) == 1 and list(ref[0].y) == [14.86, 14.86] and list(ref[0].x) == [4, 8]
+    assert max(max(t.y) for t in fig.data) == pytest.approx(24.6)

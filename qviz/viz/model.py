@@ -126,10 +126,12 @@ def metric_vs_bits(
     for gran in dict.fromkeys(r["granularity"] for r in results):
         pts = sorted((r["bits"], r[metric]) for r in results if r["granularity"] == gran)
         fig.add_scatter(x=[b for b, _ in pts], y=[v for _, v in pts], mode="lines+markers", name=gran)
-    if reference is not None:
-        fig.add_hline(
-            y=reference, line_dash="dash", line_color="gray", annotation_text="unquantized reference"
-        )
+    if reference is not None:  # a trace, not add_hline: its annotation lands at 10^y on a log axis
+        bits = [r["bits"] for r in results]
+        fig.add_scatter(
+            x=[min(bits), max(bits)], y=[reference, reference], mode="lines", name="unquantized reference",
+            line=dict(color="gray", dash="dash"),
+        )  # fmt: skip
     fig.update_layout(
         title=title, xaxis_title="bits per weight (codes)", yaxis_title=yaxis, yaxis_type="log" if log else "linear",
         template="plotly_white",
