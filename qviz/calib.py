@@ -78,7 +78,7 @@ class Hessian:
         n = X.shape[0]
         if n == 0:
             raise ValueError("add_batch got no tokens")
-        XtX = X.T @ X
+        XtX = _gram(X)
         # A NaN or Inf in X reaches diag(XᵀX) = Σ x², so checking its n diagonal entries checks every value of
         # X (far cheaper than a pass over X; an |x| > 1e19, whose square overflows, is refused too).
         if not torch.isfinite(torch.diagonal(XtX)).all():
@@ -94,6 +94,24 @@ class Hessian:
         if self._H is None:
             raise ValueError("no calibration tokens were added: call add_batch(X) first")
         return self._H
+
+
+def _gram(X: torch.Tensor, blocks: int = 3) -> torch.Tensor:
+    """XᵀX for X (tokens, n). It is symmetric, so for n >= 512 only the blocks on and above the diagonal are
+    multiplied (6 of 9) and the others are their transposes: a third less work than one product."""
+    n = X.shape[1]
+    if n < 512:
+        return X.T @ X
+    G = torch.empty(n, n, dtype=X.dtype, device=X.device)
+    edges = [n * i // blocks for i in range(blocks + 1)]
+    for i in range(blocks):
+        a = slice(edges[i], edges[i + 1])
+        for j in range(i, blocks):
+            b = slice(edges[j], edges[j + 1])
+            G[a, b] = X[:, a].T @ X[:, b]
+            if j != i:
+                G[b, a] = G[a, b].T
+    return G
 
 
 def output_error(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> float:

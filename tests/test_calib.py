@@ -199,3 +199,12 @@ def test_bos_is_prepended_like_eval():
     torch.testing.assert_close(method.inputs[1], hidden[1], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="bos_token_id"):
         capture_layer_inputs(model, ids, bos_token_id="<s>")
+
+
+@pytest.mark.parametrize("n", [64, 576, 1537])
+def test_hessian_from_half_the_blocks_equals_the_full_product(n):
+    X = torch.randn(300, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    h = Hessian(n, torch.float64)
+    h.add_batch(X[:100])
+    h.add_batch(X[100:])
+    torch.testing.assert_close(h.H, 2 * X.T @ X / 300, rtol=1e-12, atol=1e-12)
