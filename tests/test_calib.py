@@ -1,7 +1,6 @@
 import pytest
 import torch
-from tiny_models import tiny_llama
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+from tiny_models import tiny_gemma3, tiny_llama
 
 from qviz.arch import decoder_layers, family_of, linear_layers
 from qviz.calib import (
@@ -15,24 +14,6 @@ from qviz.calib import (
     run_layer,
 )
 from qviz.quant import QuantSpec, fake_quantize
-
-
-def tiny_gemma3(seed=0):
-    """Sliding-window and full-attention layers receive different masks: the driver must keep both."""
-    torch.manual_seed(seed)
-    config = Gemma3TextConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        sliding_window=4,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        max_position_embeddings=64,
-    )
-    return Gemma3ForCausalLM(config).eval()
 
 
 def windows(n=5, seq=16, seed=1):

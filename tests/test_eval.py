@@ -3,9 +3,9 @@
 import math
 
 import pytest
+import tiny_models
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from qviz.eval import compare_logits, generate, model_size, nll, perplexity
 from qviz.quant import QuantSpec, bits_per_weight
@@ -14,19 +14,15 @@ VOCAB = 50
 
 
 def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    return tiny_models.tiny_llama(
+        seed,
         vocab_size=VOCAB,
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=256,
         bos_token_id=1,
         eos_token_id=2,
     )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")

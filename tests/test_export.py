@@ -4,6 +4,7 @@
 import json
 
 import pytest
+import tiny_models
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -15,12 +16,7 @@ from qviz.quant import QuantSpec, quantize
 
 def tiny_llama(spec: QuantSpec | None, dtype=torch.float16, seed=0):
     """A 2-layer Llama with random weights (hidden 64, MLP 128), its decoder linears quantized by `spec`."""
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2,
-    )  # fmt: skip
-    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    model = tiny_models.tiny_llama(seed, max_position_embeddings=2048).to(dtype)
     return quantize_linears(model, spec, backend="reference") if spec else model
 
 

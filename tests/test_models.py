@@ -5,26 +5,25 @@ import pickle
 import time
 
 import pytest
+import tiny_models
 import torch
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
-from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
 
 from qviz import models
 from qviz.arch import FAMILIES, decoder_layers, family_of, linear_layers, scale_groups
 
 
 def tiny_llama(num_key_value_heads=4):
-    config = LlamaConfig(
+    return tiny_models.tiny_llama(
         vocab_size=16,
         hidden_size=32,
         intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
         num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=2048,
     )
-    return LlamaForCausalLM(config).eval()
 
 
 def save_tiny_folder(path):

@@ -1,13 +1,14 @@
-"""Tiny randomly initialised transformers models shared by the driver tests (not a test module)."""
+"""Tiny randomly initialised transformers models shared by the tests (not a test module)."""
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 
-def tiny_llama(seed=0):
-    """A 2-layer Llama (hidden 64, MLP 128, grouped-query attention) with seeded random weights, in eval mode."""
+def tiny_llama(seed=0, **config):
+    """A 2-layer Llama (hidden 64, MLP 128, grouped-query attention) with seeded random weights, in eval mode.
+    Keyword arguments replace fields of its LlamaConfig (e.g. vocab_size=16, num_key_value_heads=4)."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    defaults = dict(
         vocab_size=128,
         hidden_size=64,
         intermediate_size=128,
@@ -16,4 +17,22 @@ def tiny_llama(seed=0):
         num_key_value_heads=2,
         max_position_embeddings=64,
     )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(LlamaConfig(**{**defaults, **config})).eval()
+
+
+def tiny_gemma3(seed=0):
+    """A 3-layer Gemma 3 whose sliding-window and full-attention layers receive different masks."""
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=64,
+    )
+    return Gemma3ForCausalLM(config).eval()
