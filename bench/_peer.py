@@ -22,7 +22,33 @@ from pathlib import Path
 import torch
 
 from qviz.arch import decoder_layers, family_of, linear_layers
+from qviz.data import calib_windows, eval_windows
 from qviz.eval import compare_logits, perplexity
+from qviz.models import cached_model_dir, load_model
+
+
+def add_common_args(parser, results: Path) -> None:
+    """The options both peer benchmarks take (each script adds its own)."""
+    parser.add_argument("--peer-python", required=True, help="python of the venv holding llmcompressor")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--group-size", type=int, default=64)
+    parser.add_argument("--calib-n", type=int, default=32)
+    parser.add_argument("--calib-seqlen", type=int, default=512)
+    parser.add_argument("--eval-n", type=int, default=2)
+    parser.add_argument("--eval-seqlen", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, the same on both sides")
+    parser.add_argument("--peer-timeout", type=float, default=3600)
+    parser.add_argument("--results", type=Path, default=results, help="file whose section is replaced")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
+
+
+def prepare(args):
+    """(float model, its cached folder, calibration windows, evaluation windows, BOS id) for `args`."""
+    torch.set_num_threads(args.threads)
+    ref, tok = load_model(args.model, fresh=False)  # also converts the GGUF into the cached folder once
+    cal = calib_windows(tok, seqlen=args.calib_seqlen, n=args.calib_n, seed=0)
+    ids = eval_windows(tok, seqlen=args.eval_seqlen, n=args.eval_n)
+    return ref, cached_model_dir(args.model), cal, ids, ref.config.bos_token_id
 
 
 def decoder_linear_names(model) -> list[str]:

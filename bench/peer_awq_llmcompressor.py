@@ -1,9 +1,10 @@
 """qviz's AWQ against llm-compressor's AWQ on the same model, windows and spec, in one run; writes RESULTS_AWQ.md.
 
-    python bench/peer_awq_llmcompressor.py --peer-python /work/peer-venv/bin/python --search-tokens 513 1026 4096
+    python bench/peer_awq_llmcompressor.py --peer-python /work/peer-venv/bin/python --calib-n 16 \
+        --calib-seqlen 256 --search-tokens 257 512 1028 all
 
-(defaults: 32 x 512 calibration tokens, 2 x 512 evaluation tokens, one torch thread on each side; estimated
-from smaller runs: about 35 minutes on the idle 2-core machine, most of it the peer's search on all tokens.)
+(the recorded run: 15 minutes on the idle 2-core machine, 5.6 of them the peer's search on all tokens; the
+defaults are 32 x 512 calibration tokens, 2 x 512 evaluation tokens, one torch thread on each side.)
 
 The peer runs in its own virtual environment as a subprocess running bench/peer_llmcompressor_awq_side.py on
 qviz's cached float safetensors folder (`qviz.models.cached_model_dir`), with llm-compressor's own AWQ defaults
@@ -32,10 +33,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing qviz
 
 from _peer import (  # noqa: E402
+    add_common_args,
     decoder_linear_names,
     evaluate,
     load_peer_weights,
     machine_line,
+    prepare,
     run_peer,
     table,
     verdict,
@@ -44,8 +47,6 @@ from _peer import (  # noqa: E402
 )
 
 from qviz import awq  # noqa: E402
-from qviz.data import calib_windows, eval_windows  # noqa: E402
-from qviz.models import cached_model_dir, load_model  # noqa: E402
 from qviz.quant import QuantSpec  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS_AWQ.md")
@@ -82,12 +83,7 @@ def changed_linears(ref, model) -> int:
 
 
 def run(args) -> dict:
-    torch.set_num_threads(args.threads)
-    ref, tok = load_model(args.model, fresh=False)  # also converts the GGUF into the cached folder once
-    folder = cached_model_dir(args.model)
-    cal = calib_windows(tok, seqlen=args.calib_seqlen, n=args.calib_n, seed=0)
-    ids = eval_windows(tok, seqlen=args.eval_seqlen, n=args.eval_n)
-    bos = ref.config.bos_token_id
+    ref, folder, cal, ids, bos = prepare(args)
     spec = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=args.group_size)
     load = [os.getloadavg()[0]]
 
@@ -207,9 +203,7 @@ def section(r: dict, args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peer-python", required=True, help="python of the venv holding llmcompressor")
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--group-size", type=int, default=64)
+    add_common_args(parser, RESULTS)
     parser.add_argument(
         "--search-tokens",
         nargs="+",
@@ -218,11 +212,6 @@ def main() -> None:
         help="qviz's scale-search token counts, one qviz run each ('all': every calibration token); "
         "default: the library's",
     )
-    parser.add_argument("--calib-n", type=int, default=32)
-    parser.add_argument("--calib-seqlen", type=int, default=512)
-    parser.add_argument("--eval-n", type=int, default=2)
-    parser.add_argument("--eval-seqlen", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, the same on both sides")
     parser.add_argument("--peer-duo-scaling", choices=["true", "false", "both"], default="true")
     parser.add_argument("--peer-n-grid", type=int, default=20)
     parser.add_argument(
@@ -230,9 +219,6 @@ def main() -> None:
         default="",
         help="peer's weight observer, e.g. memoryless_mse (default: the library's min-max)",
     )
-    parser.add_argument("--peer-timeout", type=float, default=3600)
-    parser.add_argument("--results", type=Path, default=RESULTS, help="file whose section is replaced")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
     args = parser.parse_args()
     text = section(run(args), args)
     print(text, flush=True)

@@ -22,14 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing qviz
 
 from _peer import (  # noqa: E402
+    add_common_args,
     evaluate,
     load_peer_weights,
     machine_line,
+    prepare,
     run_peer,
     table,
     verdict,
@@ -38,8 +38,6 @@ from _peer import (  # noqa: E402
 )
 
 from qviz import gptq  # noqa: E402
-from qviz.data import calib_windows, eval_windows  # noqa: E402
-from qviz.models import cached_model_dir, load_model  # noqa: E402
 from qviz.quant import QuantSpec  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -74,12 +72,7 @@ def variants(group_size: int) -> list[tuple[str, QuantSpec, dict]]:
 
 
 def run(args) -> dict:
-    torch.set_num_threads(args.threads)
-    ref, tok = load_model(args.model, fresh=False)  # also converts the GGUF into the cached folder once
-    folder = cached_model_dir(args.model)
-    cal = calib_windows(tok, seqlen=args.calib_seqlen, n=args.calib_n, seed=0)
-    ids = eval_windows(tok, seqlen=args.eval_seqlen, n=args.eval_n)
-    bos = ref.config.bos_token_id
+    ref, folder, cal, ids, bos = prepare(args)
     load = [os.getloadavg()[0]]
 
     models, seconds = {"reference": ref}, {}
@@ -154,21 +147,12 @@ def section(r: dict, args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peer-python", required=True, help="python of the venv holding llmcompressor")
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--group-size", type=int, default=64)
-    parser.add_argument("--calib-n", type=int, default=32)
-    parser.add_argument("--calib-seqlen", type=int, default=512)
-    parser.add_argument("--eval-n", type=int, default=2)
-    parser.add_argument("--eval-seqlen", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, the same on both sides")
-    parser.add_argument("--peer-timeout", type=float, default=3600)
-    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    add_common_args(parser, RESULTS)
     args = parser.parse_args()
     text = section(run(args), args)
     print(text, flush=True)
     if not args.no_write:
-        write_section(RESULTS, START, END, text)  # re-reads the file: others write other sections
+        write_section(args.results, START, END, text)  # re-reads the file: others write other sections
 
 
 if __name__ == "__main__":

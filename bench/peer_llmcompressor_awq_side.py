@@ -20,9 +20,9 @@ INT-b asymmetric group-g weights (W4A16_ASYM with the group size replaced). Save
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from _peer_side import load, parser, timed_oneshot, versions
 
 
 def duo_scaling(text: str):
@@ -32,29 +32,17 @@ def duo_scaling(text: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="float safetensors folder (qviz's cached model)")
-    parser.add_argument("--windows", required=True, help=".pt file with 'calib': (n, seq) ids, BOS included")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--group-size", type=int, default=64)
-    parser.add_argument("--duo-scaling", type=duo_scaling, default=True, help="true (default), false, both")
-    parser.add_argument("--n-grid", type=int, default=20)
-    parser.add_argument("--observer", default=None, help="weight observer; default: the library's (minmax)")
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--duo-scaling", type=duo_scaling, default=True, help="true (default), false, both")
+    ap.add_argument("--n-grid", type=int, default=20)
+    ap.add_argument("--observer", default=None, help="weight observer; default: the library's (minmax)")
+    args = ap.parse_args()
+    model, dataset, calib = load(args)
 
-    import llmcompressor
-    import transformers
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, forward_quantize
-    from datasets import Dataset
-    from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from llmcompressor.modifiers.transform.awq import AWQModifier
     from llmcompressor.pipelines.cache import IntermediatesCache
-    from transformers import AutoModelForCausalLM
 
     pinned = not torch.accelerator.is_available()
     if pinned:
@@ -63,11 +51,6 @@ def main() -> None:
         # device when none is available"). Pinning changes no value, so on a CPU-only machine it is skipped.
         IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
 
-    calib = torch.load(args.windows)["calib"]  # (n, seq + 1): qviz prepends BOS, so it is already there
-    dataset = Dataset.from_dict(
-        {"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()}
-    )
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     before = {name: p.detach().clone() for name, p in model.named_parameters() if ".layers." in name}
     weights = QuantizationArgs(
         num_bits=args.bits,
@@ -84,16 +67,7 @@ def main() -> None:
             ignore=["lm_head"],
         ),
     ]
-    start = time.perf_counter()
-    oneshot(
-        model=model,
-        dataset=dataset,
-        recipe=recipe,
-        num_calibration_samples=len(calib),
-        max_seq_length=calib.shape[1],
-        shuffle_calibration_samples=False,
-    )
-    seconds = time.perf_counter() - start
+    seconds = timed_oneshot(model, dataset, calib, recipe)
 
     linears, observers = {}, set()
     with torch.no_grad():
@@ -118,11 +92,7 @@ def main() -> None:
             "linears": linears,
             "params": params,
             "params_changed": sorted(n for n, p in params.items() if not torch.equal(p, before[n])),
-            "versions": {
-                "llmcompressor": llmcompressor.__version__,
-                "transformers": transformers.__version__,
-                "torch": str(torch.__version__),
-            },
+            "versions": versions(),
             "threads": torch.get_num_threads(),
             "pin_memory_skipped": pinned,
             "options": {

@@ -10,39 +10,20 @@ and the timing to one .pt file, which the qviz side loads into its own copy of t
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import torch
+from _peer_side import load, parser, timed_oneshot, versions
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="float safetensors folder (qviz's cached model)")
-    parser.add_argument("--windows", required=True, help=".pt file with 'calib': (n, seq) ids, BOS included")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--group-size", type=int, default=64)
-    parser.add_argument("--damp", type=float, default=0.01)
-    parser.add_argument("--block-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--damp", type=float, default=0.01)
+    ap.add_argument("--block-size", type=int, default=128)
+    args = ap.parse_args()
+    model, dataset, calib = load(args)
 
-    import llmcompressor
-    import transformers
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from datasets import Dataset
-    from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import GPTQModifier
-    from transformers import AutoModelForCausalLM
 
-    calib = torch.load(args.windows)["calib"]  # (n, seq + 1): qviz prepends BOS, so it is already there
-    dataset = Dataset.from_dict(
-        {"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()}
-    )
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     weights = QuantizationArgs(
         num_bits=args.bits,
         type="int",
@@ -58,16 +39,7 @@ def main() -> None:
         dampening_frac=args.damp,
         actorder=None,  # act-order off: the modifier's default ("static") would replace the scheme's None
     )
-    start = time.perf_counter()
-    oneshot(
-        model=model,
-        dataset=dataset,
-        recipe=recipe,
-        num_calibration_samples=len(calib),
-        max_seq_length=calib.shape[1],
-        shuffle_calibration_samples=False,
-    )
-    seconds = time.perf_counter() - start
+    seconds = timed_oneshot(model, dataset, calib, recipe)
 
     # After oneshot the quantized linears hold their dequantized weights (GPTQ writes Q back into .weight)
     # and carry weight_scale / weight_zero_point; the qviz side checks the weights lie on that grid.
@@ -83,11 +55,7 @@ def main() -> None:
         {
             "seconds": seconds,
             "linears": state,
-            "versions": {
-                "llmcompressor": llmcompressor.__version__,
-                "transformers": transformers.__version__,
-                "torch": str(torch.__version__),
-            },
+            "versions": versions(),
             "threads": torch.get_num_threads(),
             "actorder": sorted(orders),  # what the peer really ran with
         },
