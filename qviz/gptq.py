@@ -105,7 +105,20 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float
     raise ValueError(f"H + λI is not positive definite even at damp={damp / 10:g}; is H a Hessian 2XXᵀ/n?")
 
 
+def _check_options(spec, damp, block_size, static_groups) -> None:
+    """The options of `gptq_quantize` and `GPTQ`, checked before any weight is touched."""
+    if not isinstance(spec, QuantSpec):
+        raise ValueError(f"spec must be a qviz.quant.QuantSpec, got {type(spec).__name__}")
+    if not (isinstance(damp, (int, float)) and 0 <= damp < float("inf")):
+        raise ValueError(f"damp must be a finite number >= 0 (e.g. 0.01), got {damp!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer (e.g. 128), got {block_size!r}")
+    if static_groups and spec.granularity != "group":
+        raise ValueError("static_groups needs a grouped spec (group_size=...)")
+
+
 def _check(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, damp, block_size, static_groups, trace_rows):
+    _check_options(spec, damp, block_size, static_groups)
     check_tensor(W, spec)
     if W.dim() != 2:
         raise ValueError(f"W must be (out_features, in_features), got shape {tuple(W.shape)}")
@@ -118,12 +131,6 @@ def _check(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, damp, block_size, 
         raise ValueError("H has NaN or Inf values")
     if not torch.diag(H).any():
         raise ValueError("H is all zeros on its diagonal: no calibration tokens reached this layer")
-    if not (isinstance(damp, (int, float)) and 0 <= damp < float("inf")):
-        raise ValueError(f"damp must be a finite number >= 0 (e.g. 0.01), got {damp!r}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer (e.g. 128), got {block_size!r}")
-    if static_groups and spec.granularity != "group":
-        raise ValueError("static_groups needs a grouped spec (group_size=...)")
     if trace_rows < 0:
         raise ValueError(f"trace_rows must be >= 0, got {trace_rows}")
 
@@ -282,14 +289,7 @@ class GPTQ:
     static_groups: bool = False  # group qparams from the original W, up front
 
     def __post_init__(self):
-        if not isinstance(self.spec, QuantSpec):
-            raise ValueError(f"spec must be a qviz.quant.QuantSpec, got {type(self.spec).__name__}")
-        if not (isinstance(self.damp, (int, float)) and 0 <= self.damp < float("inf")):
-            raise ValueError(f"damp must be a finite number >= 0 (e.g. 0.01), got {self.damp!r}")
-        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ValueError(f"block_size must be a positive integer (e.g. 128), got {self.block_size!r}")
-        if self.static_groups and self.spec.granularity != "group":
-            raise ValueError("static_groups needs a grouped spec (group_size=...)")
+        _check_options(self.spec, self.damp, self.block_size, self.static_groups)
 
     def quantize_layer(self, layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]:
         linears = linear_layers(layer, family)
