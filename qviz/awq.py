@@ -49,7 +49,7 @@ from .awq_scale import (
     output_mse,
 )
 from .calib import (
-    Hessian,
+    HessianSet,
     LayerInputs,
     check_spec,
     linear_report,
@@ -165,9 +165,9 @@ class _Capture:
     ):
         self.sum_abs: dict[str, torch.Tensor] = {}
         self.count: dict[str, int] = {}
-        self.hessians: dict[str, Hessian] = {}
+        self.hessians = HessianSet()
         self.calls: dict[str, list] = {name: [] for name in inspect}
-        self.call, self.search, self._seen = -1, search, {}
+        self.call, self.search = -1, search
         self.handles = [layer.register_forward_pre_hook(self._next_call)]
         self.handles += [
             m.register_forward_pre_hook(self._linear_hook(n, n in stats)) for n, m in linears.items()
@@ -178,7 +178,7 @@ class _Capture:
 
     def _next_call(self, module, args):
         self.call += 1
-        self._seen = {}  # (data_ptr, shape) of an input tensor -> (tensor, the Hessian it went to), this call
+        self.hessians.new_call()
 
     def _linear_hook(self, name, stats):
         def hook(module, args):
@@ -187,12 +187,7 @@ class _Capture:
                 self.sum_abs[name] = self.sum_abs.get(name, 0) + X.abs().double().sum(0)
                 self.count[name] = self.count.get(name, 0) + X.shape[0]
             if self.call in self.search:
-                key = (X.data_ptr(), tuple(X.shape))
-                if key not in self._seen:  # first linear reading this tensor: accumulate once
-                    # keep X alive for the call, so that no later tensor can reuse its address
-                    self._seen[key] = (X, self.hessians.setdefault(name, Hessian(X.shape[-1])))
-                    self._seen[key][1].add_batch(X)
-                self.hessians.setdefault(name, self._seen[key][1])
+                self.hessians.add(name, X)
 
         return hook
 
@@ -276,7 +271,7 @@ def awq_layer(
         run_layer(layer, inputs)  # float pass: statistics, H and the search targets
     finally:
         capture.remove()
-    hessians = capture.hessians
+    hessians = capture.hessians.hessians
     W0 = {name: lin.weight.detach().clone() for name, lin in linears.items()}
     s_in, s_out = {}, {}  # linear -> s multiplied into its input columns / folded (1/s) into its output rows
 

@@ -40,6 +40,7 @@ from .quant import QuantSpec, check_tensor, mse, sqnr_db
 
 __all__ = [
     "Hessian",
+    "HessianSet",
     "LayerInputs",
     "LayerMethod",
     "capture_layer_inputs",
@@ -309,29 +310,41 @@ def quantize_layerwise(
     return rows
 
 
+class HessianSet:
+    """One `Hessian` per linear, filled from the linears' inputs during forward calls of their layer.
+
+    Linears that read the very same tensor in a call (q/k/v after the input norm, gate/up) share ONE Hessian
+    object, accumulated once: `hessians["self_attn.q_proj"] is hessians["self_attn.k_proj"]`. Call
+    `new_call()` before each forward call and `add(name, X)` from each linear's pre-hook.
+    """
+
+    def __init__(self):
+        self.hessians: dict[str, Hessian] = {}
+        self._seen: dict = {}  # (data_ptr, shape) -> (X kept alive so no tensor reuses its address, Hessian)
+
+    def new_call(self) -> None:
+        self._seen = {}
+
+    def add(self, name: str, X: torch.Tensor) -> None:
+        key = (X.data_ptr(), tuple(X.shape))
+        if key not in self._seen:  # the first linear reading this tensor in this call accumulates it
+            self._seen[key] = (X, self.hessians.setdefault(name, Hessian(X.shape[-1])))
+            self._seen[key][1].add_batch(X)
+        self.hessians.setdefault(name, self._seen[key][1])
+
+
 def collect_hessians(
     layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs
 ) -> dict[str, Hessian]:
-    """H = 2XXᵀ/n of every linear's input X over the calibration inputs of its layer (one pass).
-
-    Linears that read the very same tensor (q/k/v after the input norm, gate/up) share ONE Hessian object,
-    accumulated once: `hessians["self_attn.q_proj"] is hessians["self_attn.k_proj"]`.
-    """
-    hessians, owner, first_call = {}, {}, []  # first_call keeps (name, X) alive: no address is reused
-
-    def add(name, X):
-        if name not in hessians:
-            shared = next(
-                (n for n, Y in first_call if Y.data_ptr() == X.data_ptr() and Y.shape == X.shape), None
-            )
-            owner[name] = shared is None
-            hessians[name] = Hessian(X.shape[-1]) if shared is None else hessians[shared]
-            first_call.append((name, X))
-        if owner[name]:
-            hessians[name].add_batch(X)
-
-    capture_linear_inputs(layer, linears, inputs, add, outputs=False)  # only the inputs are needed
-    return hessians
+    """H = 2XXᵀ/n of every linear's input X over the calibration inputs of its layer (one pass); linears
+    that read the same tensor share one Hessian (see `HessianSet`)."""
+    hessians = HessianSet()
+    handle = layer.register_forward_pre_hook(lambda module, args: hessians.new_call())
+    try:
+        capture_linear_inputs(layer, linears, inputs, hessians.add, outputs=False)  # only the inputs needed
+    finally:
+        handle.remove()
+    return hessians.hessians
 
 
 def linear_report(
