@@ -34,6 +34,7 @@ __all__ = [
     "ScaleGroup",
     "decoder_layers",
     "family_of",
+    "input_groups",
     "linear_layers",
     "scale_groups",
 ]
@@ -198,3 +199,17 @@ def scale_groups(layer: nn.Module, family: ArchFamily) -> list[ScaleGroup]:
                 continue
         groups.append(group)
     return groups
+
+
+def input_groups(layer: nn.Module, family: ArchFamily) -> list[dict[str, nn.Linear]]:
+    """The layer's linears grouped by the tensor they read, in forward order: for Llama
+    [{q, k, v}, {o}, {gate, up}, {down}]. Taken from the family's scale groups (every linear in one reads the
+    same input; v -> o counts here even where AWQ cannot fold it); a linear in none is a group of its own."""
+    linears = linear_layers(layer, family)
+    groups, placed = [], set()
+    for group in family.scale_groups:
+        groups.append({name: linears[name] for name in group.linears})
+        placed.update(group.linears)
+    groups += [{name: linear} for name, linear in linears.items() if name not in placed]
+    order = list(linears)
+    return sorted(groups, key=lambda g: min(order.index(name) for name in g))

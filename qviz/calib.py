@@ -14,11 +14,18 @@ that stores its arguments, and raise an exception in the last one so the rest of
 lm_head) never runs. Recording every layer's keyword arguments matters: models such as Gemma 3 pass
 different attention masks and rotary embeddings to sliding-window and full-attention layers.
 
-A method is any object with
+A method is either a `LayerMethod`, with
 
     quantize_layer(layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]
 
-returning one plain dict per linear (at least {"linear": "self_attn.q_proj", ...}); the driver adds "layer".
+(AWQ, RTN: the whole layer at once, as above), or a `GroupMethod`, with
+
+    quantize_group(linears: dict[str, nn.Linear], H: torch.Tensor) -> list[dict]
+
+(GPTQ: one group of linears reading the same input, e.g. q/k/v, given H = 2XXᵀ/n of that input). For a
+GroupMethod the driver runs the layer's groups in order with `quantize_sequential`, which also yields the
+layer's outputs. Both return one plain dict per linear (at least {"linear": "self_attn.q_proj", ...}); the
+driver adds "layer".
 
 What methods measure with: `Hessian` (H = 2XXᵀ/n of a linear's inputs, a running average; GPTQ's H),
 `collect_hessians` (one per linear, shared by linears that read the same tensor), `output_error`
@@ -28,6 +35,7 @@ What methods measure with: `Hessian` (H = 2XXᵀ/n of a linear's inputs, a runni
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,13 +43,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .arch import ArchFamily, decoder_layers, family_of, linear_layers
+from .arch import ArchFamily, decoder_layers, family_of, input_groups, linear_layers
 from .quant import QuantSpec, check_tensor, mse, sqnr_db
 
 __all__ = [
     "Hessian",
     "HessianSet",
     "LayerInputs",
+    "GroupMethod",
     "LayerMethod",
     "capture_layer_inputs",
     "capture_linear_inputs",
@@ -50,6 +59,7 @@ __all__ = [
     "linear_report",
     "output_error",
     "quantize_layerwise",
+    "quantize_sequential",
     "run_layer",
 ]
 
@@ -134,7 +144,16 @@ class LayerInputs:
 
 
 class LayerMethod(Protocol):
+    """Quantizes a whole decoder layer at once (AWQ); the driver then recomputes the layer's outputs."""
+
     def quantize_layer(self, layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]: ...
+
+
+class GroupMethod(Protocol):
+    """Quantizes one group of linears that read the same input, given H = 2XXᵀ/n of that input (GPTQ); the
+    driver runs the groups in `quantize_sequential` order."""
+
+    def quantize_group(self, linears: dict[str, nn.Linear], H: torch.Tensor) -> list[dict]: ...
 
 
 class _StopForward(Exception):
@@ -192,22 +211,31 @@ def capture_layer_inputs(
 
         return forward
 
-    saved = [layer.__dict__.get("forward") for layer in layers]  # e.g. accelerate's wrapper, if any
-    for index, layer in enumerate(layers):
-        layer.forward = recorder(index)  # an instance attribute shadows the class's forward
-    try:
+    with _forwards_replaced({layer: recorder(index) for index, layer in enumerate(layers)}):
         for batch in windows.split(batch_size):
             try:
                 model(input_ids=batch.to(device), use_cache=False)
             except _StopForward:
                 pass
-    finally:
-        for layer, forward in zip(layers, saved):
-            if forward is None:
-                del layer.forward
-            else:
-                layer.forward = forward
     return LayerInputs(hidden, kwargs[0]), kwargs
+
+
+@contextmanager
+def _forwards_replaced(forwards: dict[nn.Module, Callable]):
+    """Within the block, module(...) runs forwards[module] instead of its forward (hooks still run): an
+    instance attribute shadows the class's forward. Whatever instance forward was there before (e.g.
+    accelerate's wrapper) is put back afterwards."""
+    saved = {module: module.__dict__.get("forward") for module in forwards}
+    for module, forward in forwards.items():
+        module.forward = forward
+    try:
+        yield
+    finally:
+        for module, forward in saved.items():
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
 
 
 def run_layer(layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
@@ -266,7 +294,7 @@ def capture_linear_inputs(
 @torch.no_grad()
 def quantize_layerwise(
     model: nn.Module,
-    method: LayerMethod,
+    method: LayerMethod | GroupMethod,
     windows,
     *,
     batch_size: int = 8,
@@ -301,13 +329,107 @@ def quantize_layerwise(
             tqdm(layers, desc=f"quantize {type(method).__name__}", disable=not progress)
         ):
             inputs = LayerInputs(inputs.hidden, kwargs[index])
-            for row in method.quantize_layer(layer, inputs, family):
-                rows.append({"layer": index, **row})
-            if index + 1 < len(layers):  # the last layer's outputs feed nothing that is quantized
-                inputs = LayerInputs(run_layer(layer, inputs), kwargs[index])
+            last = index + 1 == len(layers)  # its outputs feed nothing that is quantized: not computed
+            if hasattr(method, "quantize_group"):
+                layer_rows, outputs = quantize_sequential(
+                    layer, input_groups(layer, family), inputs, method.quantize_group, outputs=not last
+                )
+            else:
+                layer_rows = method.quantize_layer(layer, inputs, family)
+                outputs = [] if last else run_layer(layer, inputs)
+            rows += [{"layer": index, **row} for row in layer_rows]
+            inputs = LayerInputs(outputs, kwargs[index])
     finally:
         model.train(was_training)
     return rows
+
+
+@torch.no_grad()
+def quantize_sequential(
+    layer: nn.Module,
+    groups: list[dict[str, nn.Linear]],
+    inputs: LayerInputs,
+    quantize_group: Callable[[dict[str, nn.Linear], torch.Tensor], list[dict]],
+    *,
+    outputs: bool = True,
+) -> tuple[list[dict], list[torch.Tensor]]:
+    """Quantize one layer's linears group after group, in forward order ("true sequential", as the GPTQ
+    reference's --true-sequential): each group gets H = 2XXᵀ/n of the inputs it receives once every group
+    before it is quantized, so o_proj is calibrated on what the quantized q/k/v really produce.
+
+    groups: linears reading one tensor each, in forward order (`qviz.arch.input_groups`). Stage k runs every
+    call of `inputs` up to the first linear of group k, accumulates its H there, stops the call, and calls
+    quantize_group(group, H), which quantizes the group in place and returns its report rows. A last pass
+    returns the layer's outputs (outputs=False: skipped, []).
+
+    Nothing is computed twice with the same weights: as soon as every linear inside a submodule (a linear, the
+    attention block, the MLP) is quantized, that submodule's output of each call is computed once, cached,
+    and served to the later stages. So every linear's product runs once per call, as in one plain forward
+    pass, instead of once to calibrate plus once to propagate. The cost is memory: the cached outputs of one
+    layer (for Llama about 3,600 floats per token at its peak, against 576 for the hidden states).
+    Returns (rows of all groups, outputs).
+    """
+    names = [name for group in groups for name in group]
+    contains = {  # submodule -> the linears inside it (for a linear, itself)
+        name: {lin for lin in names if lin == name or lin.startswith(name + ".")}
+        for name, _ in layer.named_modules()
+        if name
+    }
+    contains = {name: lins for name, lins in contains.items() if lins}
+    modules = dict(layer.named_modules())
+    done: set[str] = set()
+    cache: dict[str, dict] = {}  # frozen submodule -> {(call, k-th use in the call): output}
+    calls: dict = {"index": 0, "uses": {}}
+
+    def frozen_forward(name):
+        original = modules[name].forward
+
+        def forward(*args, **kwargs):
+            use = calls["uses"][name] = calls["uses"].get(name, -1) + 1
+            key = (calls["index"], use)
+            if key not in cache[name]:
+                cache[name][key] = original(*args, **kwargs)
+            return cache[name][key]
+
+        return forward
+
+    def run_all(stop_at: dict[str, nn.Linear], H: Hessian | None) -> list[torch.Tensor]:
+        def stop_here(module, args):
+            H.add_batch(args[0].reshape(-1, args[0].shape[-1]))
+            raise _StopForward
+
+        handles = [linear.register_forward_pre_hook(stop_here) for linear in stop_at.values()]
+        forwards = {modules[name]: frozen_forward(name) for name in cache}
+        results = []
+        try:
+            with _forwards_replaced(forwards):
+                for index, (h, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
+                    calls["index"], calls["uses"] = index, {}
+                    try:
+                        out = layer(h, **kw)
+                        results.append(out[0] if isinstance(out, tuple) else out)
+                    except _StopForward:
+                        pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name in cache:  # a filled cache is served from now on: the caches inside it are never read again
+            if cache[name]:
+                for inner in cache:
+                    if inner.startswith(name + "."):
+                        cache[inner] = {}
+        return results
+
+    rows = []
+    for group in groups:
+        H = Hessian(next(iter(group.values())).in_features)
+        run_all(group, H)
+        rows += quantize_group(group, H.H)
+        done.update(group)
+        for name, lins in contains.items():
+            if lins <= done and name not in cache:
+                cache[name] = {}
+    return rows, (run_all({}, None) if outputs else [])
 
 
 class HessianSet:

@@ -30,12 +30,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .arch import ArchFamily, linear_layers
 from .calib import (
     Hessian,
-    LayerInputs,
     check_spec,
-    collect_hessians,
     linear_report,
     output_error,
     quantize_layerwise,
@@ -206,8 +203,9 @@ def gptq_quantize(
         trace.append(W[:trace_rows, invperm].clone())
     # The rounding of one column, written out: round(w / s) (+ z), clamp, (− z) · s, in float32 as
     # `qviz.quant.quantize` + `dequantize` do, bit for bit, but without their checks and bookkeeping, which
-    # would cost more than the arithmetic (this loop runs once per column of every weight in the model).
-    qmin, qmax, asym = spec.qmin, spec.qmax, not spec.symmetric
+    # would cost more than the arithmetic (this loop runs once per column of every weight in the model). For
+    # the same reason the block's columns are taken apart once (unbind: views) instead of indexed per column.
+    qmin, qmax, asym, f32 = spec.qmin, spec.qmax, not spec.symmetric, dtype == torch.float32
     d_all = torch.diag(Hinv).tolist()
     g_now = None
     for i1 in range(0, columns, block_size):
@@ -215,6 +213,7 @@ def gptq_quantize(
         W1 = W[:, i1:i2].T.contiguous().T  # column-major: each W1[:, i] is contiguous
         Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
+        w_cols, q_cols, err_cols, h_rows = W1.unbind(1), Q1.unbind(1), Err1.unbind(1), Hinv1.unbind(0)
         for i in range(i2 - i1):
             g = group_of[i1 + i]
             if g in pending:  # first column of this group reached: choose its qparams now
@@ -225,15 +224,17 @@ def gptq_quantize(
                 g_now = None
             if g != g_now:  # this group's (scale, zero_point) as float32 columns ((1,) per-tensor: broadcast)
                 g_now, s_col, z_col = g, scale[:, g].float(), zero_point[:, g].float()
-            w = W1[:, i]
-            q = w.float().div(s_col).round_()
+            w = w_cols[i]
+            q = torch.div(w, s_col, out=q_cols[i]) if f32 else w.float().div(s_col)
+            q.round_()
             if asym:
-                q = q.add_(z_col).clamp_(qmin, qmax).sub_(z_col).mul_(s_col)
+                q.add_(z_col).clamp_(qmin, qmax).sub_(z_col).mul_(s_col)
             else:
-                q = q.clamp_(qmin, qmax).mul_(s_col)
-            Q1[:, i] = q
-            err1 = torch.sub(w, q, out=Err1[:, i]).div_(d_all[i1 + i])  # (w − q) / Hinv[i, i], into Err1
-            W1[:, i:].addr_(err1, Hinv1[i, i:], alpha=-1)  # W1[:, i:] -= err1 ⊗ Hinv1[i, i:]
+                q.clamp_(qmin, qmax).mul_(s_col)
+            if not f32:
+                q_cols[i].copy_(q)
+            err1 = torch.sub(w, q_cols[i], out=err_cols[i]).div_(d_all[i1 + i])  # (w − q) / Hinv[i, i]
+            W1[:, i:].addr_(err1, h_rows[i][i:], alpha=-1)  # W1[:, i:] -= err1 ⊗ Hinv1[i, i:]
             if trace_rows:
                 rest = W[:trace_rows, i2:] - Err1[:trace_rows] @ Hinv[i1:i2, i2:]
                 Q[:trace_rows, i1 : i1 + i + 1] = Q1[:trace_rows, : i + 1]
@@ -275,11 +276,11 @@ def gptq_quantize(
 
 @dataclass(frozen=True)
 class GPTQ:
-    """GPTQ as a layer method for `qviz.calib.quantize_layerwise` (options as in `gptq_quantize`).
+    """GPTQ as a `qviz.calib.GroupMethod` (options as in `gptq_quantize`).
 
-    All linears of a layer get their H from the same pass over the layer's (quantized-model) inputs, then are
-    quantized one after the other; the reference's "true sequential" variant, which re-runs the layer after
-    each sub-block, is not done here.
+    The driver quantizes each layer's groups of linears in forward order (q/k/v, o, gate/up, down for Llama),
+    each with H from the inputs it receives once the groups before it are quantized: the reference's
+    "true sequential" order (`qviz.calib.quantize_sequential`).
     """
 
     spec: QuantSpec
@@ -291,19 +292,16 @@ class GPTQ:
     def __post_init__(self):
         _check_options(self.spec, self.damp, self.block_size, self.static_groups)
 
-    def quantize_layer(self, layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]:
-        linears = linear_layers(layer, family)
-        hessians = collect_hessians(layer, linears, inputs)
-        # Linears that read the same input (q/k/v, gate/up) share H. GPTQ treats rows independently, so they
-        # are quantized as one stacked weight: same result, one Cholesky and one column loop. Not per-tensor:
-        # there the single scale would be shared across the stack.
-        stacks: dict[int, list[str]] = {}
-        for name in linears:
-            key = id(hessians[name]) if self.spec.granularity != "tensor" else len(stacks)
-            stacks.setdefault(key, []).append(name)
+    def quantize_group(self, linears: dict[str, nn.Linear], H: torch.Tensor) -> list[dict]:
+        """Quantize linears that all read the input whose H is given, in place; one report row each.
+
+        GPTQ treats rows independently, so they are quantized as one stacked weight: same result, one
+        Cholesky and one column loop. Not per-tensor: there the single scale would be shared across the stack.
+        """
+        names = list(linears)
+        stacks = [names] if self.spec.granularity != "tensor" else [[name] for name in names]
         rows = []
-        for names in stacks.values():
-            H = hessians[names[0]].H
+        for names in stacks:
             weights = [linears[name].weight.data for name in names]
             r = gptq_quantize(
                 torch.cat(weights),

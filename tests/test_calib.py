@@ -1,8 +1,8 @@
 import pytest
 import torch
-from tiny_models import tiny_gemma3, tiny_llama
+from tiny_models import tiny_gemma3, tiny_llama, tiny_opt
 
-from qviz.arch import decoder_layers, family_of, linear_layers
+from qviz.arch import decoder_layers, family_of, input_groups, linear_layers
 from qviz.calib import (
     Hessian,
     capture_layer_inputs,
@@ -11,6 +11,7 @@ from qviz.calib import (
     collect_hessians,
     linear_report,
     quantize_layerwise,
+    quantize_sequential,
     run_layer,
 )
 from qviz.quant import QuantSpec, fake_quantize
@@ -189,3 +190,61 @@ def test_hessian_from_half_the_blocks_equals_the_full_product(n):
     h.add_batch(X[:100])
     h.add_batch(X[100:])
     torch.testing.assert_close(h.H, 2 * X.T @ X / 300, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch_size", [2, 8], ids=["3-calls", "1-call"])
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3, tiny_opt], ids=["llama", "gemma3", "opt"])
+def test_quantize_sequential_matches_rerunning_the_layer(make, batch_size, monkeypatch):
+    """Each group's H equals the one from re-running the whole layer after the groups before it were rounded
+    (the slow way, on a twin), the outputs equal the finished layer's, and every linear's product ran once
+    per call: cached outputs were served instead of recomputing."""
+    import copy
+
+    model, spec = make(), QuantSpec(bits=2)
+    inputs, _ = capture_layer_inputs(model, windows(), batch_size=batch_size)
+    layer, family = decoder_layers(model)[0], family_of(model)
+    twin = copy.deepcopy(layer)
+    float_H = collect_hessians(twin, linear_layers(twin, family), inputs)
+    received = []
+
+    def round_group(linears, H):
+        received.append(H.clone())
+        for linear in linears.values():
+            linear.weight.data = fake_quantize(linear.weight.data, spec)
+        return [{"linear": name} for name in linears]
+
+    products = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: products.append(1) or linear(*a, **k))
+    rows, outputs = quantize_sequential(layer, input_groups(layer, family), inputs, round_group)
+    monkeypatch.undo()
+    n_linears = len(linear_layers(layer, family))
+    assert len(products) == n_linears * len(inputs.hidden)
+    assert [r["linear"] for r in rows] == list(linear_layers(layer, family))
+    assert all("forward" not in module.__dict__ for module in layer.modules())
+
+    twin_linears = linear_layers(twin, family)
+    for group, H in zip(input_groups(twin, family), received):
+        expected = collect_hessians(twin, twin_linears, inputs)[next(iter(group))].H
+        torch.testing.assert_close(H, expected, rtol=1e-5, atol=1e-6)
+        for lin in group.values():
+            lin.weight.data = fake_quantize(lin.weight.data, spec)
+    for got, want in zip(outputs, run_layer(twin, inputs), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    o_proj = list(twin_linears)[3]  # fed by the rounded q/k/v: its H differs from the float model's
+    assert not torch.allclose(received[1], float_H[o_proj].H, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("batch_size", [2, 8], ids=["3-calls", "1-call"])
+def test_quantize_sequential_without_outputs_skips_the_last_products(batch_size, monkeypatch):
+    model = tiny_llama()
+    inputs, _ = capture_layer_inputs(model, windows(), batch_size=batch_size)
+    layer, family = decoder_layers(model)[0], family_of(model)
+    products = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: products.append(1) or linear(*a, **k))
+    rows, outputs = quantize_sequential(
+        layer, input_groups(layer, family), inputs, lambda group, H: [{}] * len(group), outputs=False
+    )
+    assert outputs == [] and len(rows) == 7
+    assert len(products) == 6 * len(inputs.hidden)  # all but down_proj's

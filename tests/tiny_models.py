@@ -1,7 +1,14 @@
 """Tiny randomly initialised transformers models shared by the tests (not a test module)."""
 
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+)
 
 
 def tiny_llama(seed=0, **config):
@@ -36,3 +43,18 @@ def tiny_gemma3(seed=0):
         max_position_embeddings=64,
     )
     return Gemma3ForCausalLM(config).eval()
+
+
+def tiny_opt(seed=0):
+    """A 2-layer OPT (LayerNorm with bias, fc1 -> ReLU -> fc2, linears directly in the layer)."""
+    torch.manual_seed(seed)
+    config = OPTConfig(
+        vocab_size=128,
+        hidden_size=64,
+        ffn_dim=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        word_embed_proj_dim=64,
+        max_position_embeddings=64,
+    )
+    return OPTForCausalLM(config).eval()
