@@ -5,4 +5,4 @@ formats, quant, data, models, calib, rtn/gptq/awq, eval, pack, qlinear, export, 
 Plotly and ipywidgets are imported only by `qviz.viz` and `qviz.widgets`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -357,54 +357,40 @@ def quantize_sequential(
     reference's --true-sequential): each group gets H = 2XXᵀ/n of the inputs it receives once every group
     before it is quantized, so o_proj is calibrated on what the quantized q/k/v really produce.
 
-    groups: linears reading one tensor each, in forward order (`qviz.arch.input_groups`). Stage k runs every
-    call of `inputs` up to the first linear of group k, accumulates its H there, stops the call, and calls
-    quantize_group(group, H), which quantizes the group in place and returns its report rows. A last pass
-    returns the layer's outputs (outputs=False: skipped, []).
+    groups: linears reading one tensor each, in forward order (`qviz.arch.input_groups`). quantize_group(group,
+    H) quantizes a group in place and returns its report rows. Returns (rows of all groups, the layer's
+    outputs; [] with outputs=False).
 
-    Nothing is computed twice with the same weights: as soon as every linear inside a submodule (a linear, the
-    attention block, the MLP) is quantized, that submodule's output of each call is computed once, cached,
-    and served to the later stages. So every linear's product runs once per call, as in one plain forward
-    pass, instead of once to calibrate plus once to propagate. The cost is memory: the cached outputs of one
-    layer (for Llama about 3,600 floats per token at its peak, against 576 for the hidden states).
-    Returns (rows of all groups, outputs).
+    One stage per group, and nothing computed twice. Stage k runs every call of `inputs` with the modules
+    finished earlier served from a cache; the group's linears record their input X (H accumulates) and return
+    empty placeholders; the call stops once the largest submodule the group completes has returned (for
+    q/k/v the linears themselves, for o_proj the attention block, for down_proj the MLP). After quantizing,
+    each placeholder is filled in place with the real product, which makes the recorded submodule outputs
+    right, and they are cached. So every linear's product and the attention run once per call, as in one
+    forward pass. A submodule whose output is not its last linear's output (as a view) is not cached but
+    recomputed (eager attention also returns its weights). The cost is memory: one layer's cached outputs,
+    for SmolLM2 about 5,800 floats per token at the peak (the down_proj stage), ten times its hidden state.
     """
-    names = [name for group in groups for name in group]
-    contains = {  # submodule -> the linears inside it (for a linear, itself)
-        name: {lin for lin in names if lin == name or lin.startswith(name + ".")}
-        for name, _ in layer.named_modules()
-        if name
-    }
-    contains = {name: lins for name, lins in contains.items() if lins}
     modules = dict(layer.named_modules())
+    names = [name for group in groups for name in group]
+    inside = {  # submodule -> the linears inside it (for a linear, itself)
+        m: {name for name in names if name == m or name.startswith(m + ".")} for m in modules if m
+    }
+    inside = {m: lins for m, lins in inside.items() if lins}
+    cache: dict[str, list] = {}  # submodule -> its output per call, served instead of running it
     done: set[str] = set()
-    cache: dict[str, dict] = {}  # frozen submodule -> {(call, k-th use in the call): output}
-    calls: dict = {"index": 0, "uses": {}}
+    rows: list[dict] = []
+    n_calls = len(inputs.hidden)
 
-    def frozen_forward(name):
-        original = modules[name].forward
-
-        def forward(*args, **kwargs):
-            use = calls["uses"][name] = calls["uses"].get(name, -1) + 1
-            key = (calls["index"], use)
-            if key not in cache[name]:
-                cache[name][key] = original(*args, **kwargs)
-            return cache[name][key]
-
-        return forward
-
-    def run_all(stop_at: dict[str, nn.Linear], H: Hessian | None) -> list[torch.Tensor]:
-        def stop_here(module, args):
-            H.add_batch(args[0].reshape(-1, args[0].shape[-1]))
-            raise _StopForward
-
-        handles = [linear.register_forward_pre_hook(stop_here) for linear in stop_at.values()]
-        forwards = {modules[name]: frozen_forward(name) for name in cache}
+    def run(stage_forwards: dict, stage_hooks: dict) -> list[torch.Tensor]:
+        """Every call through the layer with the cached submodules served; the outputs of calls not stopped."""
+        call = 0
+        served = {modules[m]: (lambda *a, m=m, **k: cache[m][call]) for m in cache}
+        handles = [modules[m].register_forward_hook(hook) for m, hook in stage_hooks.items()]
         results = []
         try:
-            with _forwards_replaced(forwards):
-                for index, (h, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
-                    calls["index"], calls["uses"] = index, {}
+            with _forwards_replaced({**served, **stage_forwards}):
+                for call, (h, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):  # noqa: B007 (read by served)
                     try:
                         out = layer(h, **kw)
                         results.append(out[0] if isinstance(out, tuple) else out)
@@ -413,23 +399,77 @@ def quantize_sequential(
         finally:
             for handle in handles:
                 handle.remove()
-        for name in cache:  # a filled cache is served from now on: the caches inside it are never read again
-            if cache[name]:
-                for inner in cache:
-                    if inner.startswith(name + "."):
-                        cache[inner] = {}
         return results
 
-    rows = []
-    for group in groups:
+    for index, group in enumerate(groups):
+        done |= set(group)
+        # The outermost submodule around each linear of the group whose linears are now all done.
+        tops = {
+            min((m for m, lins in inside.items() if name in lins and lins <= done), key=len) for name in group
+        }
         H = Hessian(next(iter(group.values())).in_features)
-        run_all(group, H)
+        seen: dict[str, list] = {name: [] for name in group}  # per call: (X as received, placeholder output)
+        returned: dict[str, list] = {m: [] for m in tops}  # per call: the submodule's output
+
+        def placeholder(name, linear, group=group, seen=seen, H=H):
+            def forward(x):
+                ahead = [n for n in group if len(seen[n]) > len(seen[name])]  # already saw this call's input
+                if not ahead:
+                    H.add_batch(x)  # once per call: the group's linears all read this same tensor
+                elif x.data_ptr() != seen[ahead[0]][-1][0].data_ptr():
+                    raise RuntimeError(f"{name} does not read the same tensor as {ahead[0]}: not one group")
+                out = x.new_empty(*x.shape[:-1], linear.out_features)  # filled after quantizing
+                seen[name].append((x, out))
+                return out
+
+            return forward
+
+        def record(m, returned=returned):
+            def hook(module, args, output):
+                returned[m].append(output)
+                if all(len(r) == len(returned[m]) for r in returned.values()):
+                    raise _StopForward  # the rest of the call is computed in later stages
+
+            return hook
+
+        run(
+            {linear: placeholder(name, linear) for name, linear in group.items()},
+            {m: record(m) for m in tops},
+        )
+        if any(len(v) != n_calls for v in (*seen.values(), *returned.values())):
+            raise RuntimeError(f"{list(group)}: expected each to run once per forward call of the layer")
         rows += quantize_group(group, H.H)
-        done.update(group)
-        for name, lins in contains.items():
-            if lins <= done and name not in cache:
-                cache[name] = {}
-    return rows, (run_all({}, None) if outputs else [])
+        if index + 1 == len(groups) and not outputs:
+            break
+        for name, linear in group.items():  # the real products, into the placeholders (and what views them)
+            for X, out in seen[name]:
+                out.copy_(linear(X))
+        placeholders = {out.untyped_storage().data_ptr() for v in seen.values() for _, out in v}
+        for m in tops:
+            if all(_storages(result) <= placeholders for result in returned[m]):
+                cache[m] = returned[m]
+            else:  # something computed after a placeholder: cache the linears only, recompute the submodule
+                for name in inside[m] & set(group):
+                    cache[name] = [out for _, out in seen[name]]
+        for m in list(cache):  # a cached submodule is never run again: the caches inside it are not read
+            if any(m.startswith(outer + ".") for outer in cache):
+                del cache[m]
+    return rows, (run({}, {}) if outputs else [])
+
+
+def _storages(output) -> set[int]:
+    """The storages of the tensors in a module's output (a tensor, or a tuple/list of tensors and None);
+    {-1} (matches nothing) for anything else or no tensor at all."""
+    items = output if isinstance(output, (tuple, list)) else (output,)
+    if not any(isinstance(t, torch.Tensor) for t in items):
+        return {-1}
+    ptrs = set()
+    for t in items:
+        if isinstance(t, torch.Tensor):
+            ptrs.add(t.untyped_storage().data_ptr())
+        elif t is not None:
+            return {-1}
+    return ptrs
 
 
 class HessianSet:

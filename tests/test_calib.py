@@ -192,8 +192,16 @@ def test_hessian_from_half_the_blocks_equals_the_full_product(n):
     torch.testing.assert_close(h.H, 2 * X.T @ X / 300, rtol=1e-12, atol=1e-12)
 
 
+def tiny_llama_eager():
+    return tiny_llama(attn_implementation="eager")
+
+
 @pytest.mark.parametrize("batch_size", [2, 8], ids=["3-calls", "1-call"])
-@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3, tiny_opt], ids=["llama", "gemma3", "opt"])
+@pytest.mark.parametrize(
+    "make",
+    [tiny_llama, tiny_llama_eager, tiny_gemma3, tiny_opt],
+    ids=["llama", "llama-eager", "gemma3", "opt"],
+)
 def test_quantize_sequential_matches_rerunning_the_layer(make, batch_size, monkeypatch):
     """Each group's H equals the one from re-running the whole layer after the groups before it were rounded
     (the slow way, on a twin), the outputs equal the finished layer's, and every linear's product ran once
@@ -213,13 +221,22 @@ def test_quantize_sequential_matches_rerunning_the_layer(make, batch_size, monke
             linear.weight.data = fake_quantize(linear.weight.data, spec)
         return [{"linear": name} for name in linears]
 
-    products = []
+    products, attentions = [], []
     linear = torch.nn.functional.linear
     monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: products.append(1) or linear(*a, **k))
+    attention = type(layer.self_attn).forward  # runs only when the block is computed, not served from cache
+    monkeypatch.setattr(
+        type(layer.self_attn), "forward", lambda *a, **k: attentions.append(1) or attention(*a, **k)
+    )
     rows, outputs = quantize_sequential(layer, input_groups(layer, family), inputs, round_group)
     monkeypatch.undo()
     n_linears = len(linear_layers(layer, family))
     assert len(products) == n_linears * len(inputs.hidden)
+    # The q/k/v stage stops inside the block, the o stage runs it; later stages are served its cached output,
+    # except with eager attention, whose output holds the attention weights too: not cached, so every one of
+    # the 5 stages (q/k/v, o, gate/up, down, outputs) runs it.
+    eager = model.config._attn_implementation == "eager"
+    assert len(attentions) == (5 if eager else 2) * len(inputs.hidden)
     assert [r["linear"] for r in rows] == list(linear_layers(layer, family))
     assert all("forward" not in module.__dict__ for module in layer.modules())
 
