@@ -24,7 +24,7 @@ A method is either a `LayerMethod`, with
 
 (GPTQ: one group of linears reading the same input, e.g. q/k/v, given H = 2XXᵀ/n of that input). For a
 GroupMethod the driver runs the layer's groups in order with `quantize_sequential`, which also yields the
-layer's outputs. Both return one plain dict per linear (at least {"linear": "self_attn.q_proj", ...}); the
+layer's outputs; `AllGroupsAtOnce(method)` instead takes every group's H from the float layer. Both return one plain dict per linear (at least {"linear": "self_attn.q_proj", ...}); the
 driver adds "layer".
 
 What methods measure with: `Hessian` (H = 2XXᵀ/n of a linear's inputs, a running average; GPTQ's H),
@@ -470,6 +470,22 @@ def _storages(output) -> set[int]:
         elif t is not None:
             return {-1}
     return ptrs
+
+
+@dataclass(frozen=True)
+class AllGroupsAtOnce:
+    """A `GroupMethod` run as a `LayerMethod`: every group's H comes from ONE pass of the layer as it stands,
+    before any of its linears is quantized (the GPTQ reference without --true-sequential), then the groups
+    are quantized in order. Costs one more pass of the layer than `quantize_sequential`."""
+
+    method: GroupMethod
+
+    def quantize_layer(self, layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]:
+        hessians = collect_hessians(layer, linear_layers(layer, family), inputs)
+        rows = []
+        for group in input_groups(layer, family):
+            rows += self.method.quantize_group(group, hessians[next(iter(group))].H)
+        return rows
 
 
 class HessianSet:

@@ -82,7 +82,6 @@ def quantization_config(spec: QuantSpec, fmt: str, ignore: list[str], desc_act: 
             "desc_act": desc_act,
             "sym": spec.symmetric,
             "checkpoint_format": "gptq",
-            "true_sequential": True,
         }
     weights = {
         "num_bits": spec.bits,

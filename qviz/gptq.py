@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .calib import (
+    AllGroupsAtOnce,
     Hessian,
     check_spec,
     linear_report,
@@ -280,7 +281,8 @@ class GPTQ:
 
     The driver quantizes each layer's groups of linears in forward order (q/k/v, o, gate/up, down for Llama),
     each with H from the inputs it receives once the groups before it are quantized: the reference's
-    "true sequential" order (`qviz.calib.quantize_sequential`).
+    "true sequential" order (`qviz.calib.quantize_sequential`). `qviz.calib.AllGroupsAtOnce(GPTQ(...))` takes
+    every H from the float layer instead (`quantize_model(..., true_sequential=False)`).
     """
 
     spec: QuantSpec
@@ -330,6 +332,7 @@ def quantize_model(
     block_size: int = 128,
     act_order: bool = False,
     static_groups: bool = False,
+    true_sequential: bool = True,
     batch_size: int = 8,
     bos_token_id: int | str | None = "auto",
     progress: bool = True,
@@ -337,11 +340,19 @@ def quantize_model(
     """GPTQ on every linear inside the decoder layers of `model`, in place (embeddings and lm_head stay).
 
     windows: (n, seq) calibration token ids, each prefixed with BOS by default (`bos_token_id`, as in
-    `qviz.calib.capture_layer_inputs`). Returns one row per linear (see `qviz.calib.linear_report`)
-    with, in addition, "rtn_output_rel_error" (plain rounding on the same inputs) and "damp" (the damping used).
+    `qviz.calib.capture_layer_inputs`). true_sequential: inside each layer, each group of linears gets H from
+    the inputs the already-quantized groups before it produce (`qviz.calib.quantize_sequential`, one pass of
+    the layer); False: all from one pass of the float layer (`qviz.calib.AllGroupsAtOnce`, two passes).
+    Returns one row per linear (see `qviz.calib.linear_report`) with, in addition, "rtn_output_rel_error"
+    (plain rounding on the same inputs) and "damp" (the damping used).
     """
     method = GPTQ(spec, damp, block_size, act_order, static_groups)  # validates the options
     check_spec(model, spec)
     return quantize_layerwise(
-        model, method, windows, batch_size=batch_size, bos_token_id=bos_token_id, progress=progress
+        model,
+        method if true_sequential else AllGroupsAtOnce(method),
+        windows,
+        batch_size=batch_size,
+        bos_token_id=bos_token_id,
+        progress=progress,
     )

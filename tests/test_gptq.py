@@ -253,11 +253,13 @@ def test_bad_values():
 # --- whole models through the layer-by-layer driver -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("true_sequential", [True, False], ids=["true-sequential", "all-at-once"])
 @pytest.mark.parametrize("act_order", [False, True], ids=["natural", "act_order"])
-def test_quantize_model_first_layer_matches_gptq_quantize(act_order):
+def test_quantize_model_first_layer_matches_gptq_quantize(act_order, true_sequential):
     """Layer 0 reads the embeddings, which quantization does not change. Its groups are quantized in forward
-    order (q/k/v, o, gate/up, down), each with H from the layer as it stands after the groups before it:
-    written out here the slow way, re-running the whole layer before each group (collect_hessians)."""
+    order (q/k/v, o, gate/up, down), each with H from the layer as it stands after the groups before it
+    (true_sequential), or all with H from the float layer: written out here the slow way, re-running the
+    whole layer before each group (collect_hessians)."""
     from qviz.arch import decoder_layers, family_of, input_groups, linear_layers
     from qviz.calib import capture_layer_inputs, collect_hessians
 
@@ -267,14 +269,17 @@ def test_quantize_model_first_layer_matches_gptq_quantize(act_order):
     inputs, _ = capture_layer_inputs(reference, ids, batch_size=4)
     layer = decoder_layers(reference)[0]
     linears = linear_layers(layer, family_of(reference))
+    float_hessians = collect_hessians(layer, linears, inputs)
     for group in input_groups(layer, family_of(reference)):
-        hessians = collect_hessians(layer, linears, inputs)
+        hessians = collect_hessians(layer, linears, inputs) if true_sequential else float_hessians
         assert len({id(hessians[name]) for name in group}) == 1  # one input, one H
         for name, linear in group.items():
             linear.weight.data = gptq_quantize(linear.weight, hessians[name].H, spec, act_order=act_order).Q
 
     model = tiny_llama()
-    rows = gptq_module.quantize_model(model, spec, ids, act_order=act_order, batch_size=4, progress=False)
+    rows = gptq_module.quantize_model(
+        model, spec, ids, act_order=act_order, true_sequential=true_sequential, batch_size=4, progress=False
+    )
     quantized = linear_layers(decoder_layers(model)[0], family_of(model))
     for name, linear in linears.items():
         assert (quantized[name].weight == linear.weight).float().mean() > 0.99, name
