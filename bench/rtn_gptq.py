@@ -55,6 +55,8 @@ def settings(g: int) -> list[tuple[str, QuantSpec, dict | None]]:
         ("RTN", QuantSpec(bits=3, group_size=g), None),
         ("GPTQ", QuantSpec(bits=3, group_size=g), {}),
         ("GPTQ", QuantSpec(bits=4, group_size=g), {"act_order": True}),
+        ("GPTQ", QuantSpec(bits=4, group_size=g), {"true_sequential": False}),
+        ("GPTQ", QuantSpec(bits=3, group_size=g), {"true_sequential": False}),
     ]
 
 
@@ -74,7 +76,9 @@ def run_model(name: str, args, rows: list[dict]) -> None:
         else:
             gptq.quantize_model(model, spec, cal, progress=False, **options)
         seconds = time.perf_counter() - start
-        label = spec.label + (" act-order" if options and options.get("act_order") else "")
+        options = options or {}
+        label = spec.label + (" act-order" if options.get("act_order") else "")
+        label += "" if options.get("true_sequential", True) else " all-at-once"
         cmp = compare_logits(ref, model, ids, progress=False)
         rows.append(
             {
@@ -136,7 +140,9 @@ def write(rows: list[dict], args) -> None:
             f"- command: `python bench/rtn_gptq.py {' '.join(sys.argv[1:])}`",
             f"- evaluation: {args.eval_n} x {args.eval_seqlen} Britannica tokens (BOS-prefixed); calibration: "
             f"{args.calib_n} x {args.calib_seqlen} tokens from the disjoint calibration region; GPTQ damp 0.01, "
-            "block 128, all linears of the decoder layers (embeddings and lm_head stay float)",
+            "block 128, all linears of the decoder layers (embeddings and lm_head stay float); GPTQ true-sequential "
+            "(each group of linears calibrated on the outputs of the quantized groups before it) unless marked "
+            "all-at-once (every H from the float layer)",
             "- reference: the dequantized GGUF release; quantize time is wall time on a shared machine",
             "",
             table(rows),
