@@ -446,7 +446,7 @@ def quantize_sequential(
                 out.copy_(linear(X))
         placeholders = {out.untyped_storage().data_ptr() for v in seen.values() for _, out in v}
         for m in tops:
-            if all(_storages(result) <= placeholders for result in returned[m]):
+            if all(_views_of(result, placeholders) for result in returned[m]):
                 cache[m] = returned[m]
             else:  # something computed after a placeholder: cache the linears only, recompute the submodule
                 for name in inside[m] & set(group):
@@ -457,19 +457,16 @@ def quantize_sequential(
     return rows, (run({}, {}) if outputs else [])
 
 
-def _storages(output) -> set[int]:
-    """The storages of the tensors in a module's output (a tensor, or a tuple/list of tensors and None);
-    {-1} (matches nothing) for anything else or no tensor at all."""
+def _views_of(output, storages: set[int]) -> bool:
+    """Whether a module's output (a tensor, or a tuple/list of tensors and None) holds at least one tensor and
+    only tensors living in `storages` (views of the placeholders)."""
     items = output if isinstance(output, (tuple, list)) else (output,)
-    if not any(isinstance(t, torch.Tensor) for t in items):
-        return {-1}
-    ptrs = set()
-    for t in items:
-        if isinstance(t, torch.Tensor):
-            ptrs.add(t.untyped_storage().data_ptr())
-        elif t is not None:
-            return {-1}
-    return ptrs
+    tensors = [t for t in items if isinstance(t, torch.Tensor)]
+    return (
+        bool(tensors)
+        and all(t is None or isinstance(t, torch.Tensor) for t in items)
+        and all(t.untyped_storage().data_ptr() in storages for t in tensors)
+    )
 
 
 @dataclass(frozen=True)
