@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from qviz.widgets.quantization import explorer_state, histogram, shown_values, spec_from_controls
+from qviz.viz.quantization import explorer_state, histogram, shown_values  # noqa: E402
+from qviz.widgets.quantization import spec_from_controls
 
 SETTINGS = [
     (4, "per-tensor", True, 1.0),

@@ -31,53 +31,22 @@ search on all 4112, at 0.19x, 0.35x and 0.96x its time; hence the default of 512
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from .arch import ArchFamily, ScaleGroup, linear_layers, scale_groups
-from .awq_clip import ClipResult, apply_clip, clip_search
-from .awq_scale import (
-    LinearAWQ,
-    SalientResult,
-    awq_fake_quantize,
-    awq_linear,
-    awq_scale,
-    keep_salient_fp16,
-    mean_abs,
-    output_mse,
-)
-from .calib import (
-    HessianSet,
-    LayerInputs,
-    check_spec,
-    linear_report,
-    quantize_layerwise,
-    run_layer,
-)
-from .quant import QuantSpec, fake_quantize
+from .awq_clip import apply_clip, clip_search
+from .awq_scale import alpha_grid, awq_fake_quantize, awq_scale
+from .calib.capture import LayerInputs, run_layer
+from .calib.driver import quantize_layerwise
+from .calib.hessian import HessianSet
+from .calib.report import linear_report
+from .quant import QuantizedTensor, QuantSpec, dequantize, fake_quantize, quantize
+from .result import QuantResult
 
-__all__ = [  # the whole AWQ API, including the single-weight pieces of awq_scale and awq_clip
-    "AWQ",
-    "AWQConfig",
-    "AWQResult",
-    "ClipResult",
-    "GroupResult",
-    "LinearAWQ",
-    "SalientResult",
-    "apply_clip",
-    "awq_fake_quantize",
-    "awq_layer",
-    "awq_linear",
-    "awq_scale",
-    "clip_search",
-    "fold_scales",
-    "keep_salient_fp16",
-    "mean_abs",
-    "output_mse",
-    "quantize_model",
-]
+__all__ = ["AWQ", "AWQConfig", "GroupResult", "awq_layer", "fold_scales", "quantize_model"]
 
 
 @dataclass(frozen=True)
@@ -103,7 +72,7 @@ class AWQConfig:
 
     @property
     def alphas(self) -> list[float]:
-        return [i / self.n_grid for i in range(self.n_grid)]
+        return list(alpha_grid(self.n_grid))
 
 
 @dataclass(frozen=True)
@@ -182,12 +151,12 @@ class _Capture:
 
     def _linear_hook(self, name, stats):
         def hook(module, args):
-            X = args[0].detach().reshape(-1, args[0].shape[-1])
             if stats:
+                X = args[0].detach().reshape(-1, args[0].shape[-1])
                 self.sum_abs[name] = self.sum_abs.get(name, 0) + X.abs().double().sum(0)
                 self.count[name] = self.count.get(name, 0) + X.shape[0]
             if self.call in self.search:
-                self.hessians.add(name, X)
+                self.hessians.add(name, args[0])  # the tensor itself: q/k/v (gate/up) share one H
 
         return hook
 
@@ -250,12 +219,13 @@ def awq_layer(
     config: AWQConfig = AWQConfig(),
     *,
     index: int = 0,
-) -> tuple[list[GroupResult], list[dict]]:
+) -> tuple[list[GroupResult], list[dict], dict[str, QuantizedTensor]]:
     """AWQ on one decoder layer, in place: search and fold the scales, clip, and round every linear.
 
-    inputs: the layer's calibration inputs (`qviz.calib.LayerInputs`: hidden_states and kwargs per call).
-    Returns (one GroupResult per scale group, one report row per linear). A row is
-    `qviz.calib.linear_report` of the linear's effective weight diag(s_out)·Q(W·s)·diag(s)⁻¹ against the
+    inputs: the layer's calibration inputs (`qviz.calib.capture.LayerInputs`: hidden_states and kwargs per
+    call). Returns (one GroupResult per scale group, one report row per linear, the QuantizedTensor of each
+    linear: the codes of Q(clip(W·s)), whose 1/s lives in the folded norm or previous linear). A row is
+    `qviz.calib.report.linear_report` of the linear's effective weight diag(s_out)·Q(W·s)·diag(s)⁻¹ against the
     original W (so it compares with RTN's and GPTQ's rows; errors on the search tokens' inputs), plus
     "rtn_output_rel_error" (plain rounding) and "clip_ratio" (mean chosen ratio; None when not searched).
     Afterwards the linears hold Q(W·s) and the norms / previous linears the folded 1/s.
@@ -293,7 +263,7 @@ def awq_layer(
                         config.alphas[best], s.tolist(), s_x.tolist(), n_search)
         )  # fmt: skip
 
-    rows = []
+    rows, quantized = [], {}
     for name, lin in linears.items():
         H = hessians[name].H
         W = lin.weight.detach()
@@ -302,7 +272,8 @@ def awq_layer(
             Hs = H if name not in s_in else H / torch.outer(s_in[name], s_in[name]).to(H)  # input X/s
             clip = clip_search(W, Hs, spec, n_grid=config.clip_grid, max_shrink=config.max_shrink)
             W = apply_clip(W, clip.max_val)
-        Q = fake_quantize(W, spec)
+        quantized[name] = quantize(W, spec)
+        Q = dequantize(quantized[name])
         lin.weight.copy_(Q)
         Q_eff = Q.float()  # the same weight in the original coordinates: diag(s_out)·Q·diag(s_in)⁻¹
         if name in s_in:
@@ -312,33 +283,37 @@ def awq_layer(
         row = linear_report(name, W0[name], Q_eff, H, Q_rtn=fake_quantize(W0[name], spec))
         row["clip_ratio"] = None if clip is None else clip.ratio.mean().item()
         rows.append(row)
-    return group_results, rows
+    return group_results, rows, quantized
 
 
 class AWQ:
-    """AWQ as a `qviz.calib.LayerMethod`: the driver calls `quantize_layer` once per decoder layer, in order;
-    the per-group search results accumulate in `groups` (state, hence a class)."""
+    """AWQ as a `qviz.calib.driver.LayerMethod`: the driver calls `quantize_layer` once per decoder layer, in
+    order; the per-group search results accumulate in `groups` (state, hence a class)."""
+
+    name = "awq"
 
     def __init__(self, spec: QuantSpec, config: AWQConfig = AWQConfig()):
+        if not isinstance(config, AWQConfig):
+            raise ValueError(f"config must be a qviz.awq.AWQConfig, got {type(config).__name__}")
         self.spec, self.config = spec, config
         self.groups: list[GroupResult] = []
         self.layers_done = 0
 
-    def quantize_layer(self, layer: nn.Module, inputs: LayerInputs, family: ArchFamily) -> list[dict]:
-        groups, rows = awq_layer(layer, inputs, family, self.spec, self.config, index=self.layers_done)
+    @property
+    def options(self) -> dict:
+        return {**asdict(self.config), "no_clip": list(self.config.no_clip)}  # plain JSON: lists, not tuples
+
+    def quantize_layer(self, layer: nn.Module, inputs: LayerInputs | None, family: ArchFamily):
+        if inputs is None:
+            raise ValueError(
+                "AWQ needs calibration windows (n, seq) of token ids, e.g. qviz.data.calib_windows"
+            )
+        groups, rows, quantized = awq_layer(
+            layer, inputs, family, self.spec, self.config, index=self.layers_done
+        )
         self.groups += groups
         self.layers_done += 1
-        return rows
-
-
-@dataclass(frozen=True)
-class AWQResult:
-    """What `quantize_model` returns: plain data for tables and `qviz.viz` figures."""
-
-    spec: QuantSpec
-    config: AWQConfig
-    groups: list[GroupResult]  # one per (layer, scale group), in order
-    rows: list[dict]  # one per (layer, linear): {"layer", "linear", ...} as described in `awq_layer`
+        return rows, quantized
 
 
 def quantize_model(
@@ -347,23 +322,29 @@ def quantize_model(
     windows,
     config: AWQConfig = AWQConfig(),
     *,
+    n_layers: int | None = None,
     batch_size: int = 1,
     bos_token_id: int | str | None = "auto",
     progress: bool = True,
-) -> AWQResult:
-    """AWQ on every linear inside the decoder layers of `model`, in place, through
-    `qviz.calib.quantize_layerwise` (embeddings and lm_head stay in float).
+) -> QuantResult:
+    """AWQ on every linear inside the decoder layers of `model` (the first `n_layers`), in place, through
+    `qviz.calib.driver.quantize_layerwise` (embeddings and lm_head stay in float).
 
     windows: (n, seq) calibration token ids, e.g. `qviz.data.calib_windows(tok, seqlen=512, n=64)`, each
     prefixed with BOS by default (`bos_token_id`). batch_size: windows per forward call; the α search takes
     whole calls, so 1 lets `config.search_tokens` pick a few evenly spaced windows out of many.
-    Asymmetric INT4 g128 is the paper's setting:
+    Returns a `QuantResult`: the codes of every linear, the norms and biases 1/s was folded into
+    (`float_tensors`), the rows described in `awq_layer`, and one `GroupResult` (as a dict) per (layer, scale
+    group) in `scale_groups`. Asymmetric INT4 g128 is the paper's setting:
 
     >>> # quantize_model(model, QuantSpec(bits=4, symmetric=False, group_size=128), windows)
     """
-    check_spec(model, spec)
+    if windows is None:
+        raise ValueError("AWQ needs calibration windows (n, seq) of token ids, e.g. qviz.data.calib_windows")
     method = AWQ(spec, config)
-    rows = quantize_layerwise(
-        model, method, windows, batch_size=batch_size, bos_token_id=bos_token_id, progress=progress
-    )
-    return AWQResult(spec, config, method.groups, rows)
+    result = quantize_layerwise(
+        model, method, windows, n_layers=n_layers, batch_size=batch_size, bos_token_id=bos_token_id,
+        progress=progress,
+    )  # fmt: skip
+    result.scale_groups = [{**asdict(group), "linears": list(group.linears)} for group in method.groups]
+    return result

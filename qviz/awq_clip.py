@@ -26,7 +26,7 @@ import torch
 
 from .quant import QuantSpec, check_tensor, fake_quantize
 
-__all__ = ["ClipResult", "apply_clip", "clip_search", "group_length"]
+__all__ = ["ClipResult", "apply_clip", "clip_search", "group_absmax", "group_length"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,11 @@ def group_length(spec: QuantSpec, in_features: int) -> int:
     if spec.granularity == "tensor":
         raise ValueError("clipping is searched per row or group: use granularity 'channel' or 'group'")
     return spec.group_size if spec.granularity == "group" else in_features
+
+
+def group_absmax(W: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """max|W| per (row, group) of W (out, in): (out, n_groups), the bound a clip ratio of 1 leaves alone."""
+    return W.reshape(W.shape[0], -1, group_length(spec, W.shape[1])).abs().amax(-1)
 
 
 def apply_clip(W: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
@@ -83,10 +88,9 @@ def clip_search(
         raise ValueError(f"need W (out, in) and H (in, in); got {tuple(W.shape)} and {shape}")
     if not (isinstance(n_grid, int) and n_grid >= 1 and 0 < max_shrink < 1):
         raise ValueError(f"need an integer n_grid >= 1 and 0 < max_shrink < 1, got {n_grid}, {max_shrink}")
-    glen = group_length(spec, W.shape[1])
     W = W.float()
-    Hg = _diagonal_blocks(H.float().to(W.device), glen)
-    w_max = W.reshape(W.shape[0], -1, glen).abs().amax(-1)  # (rows, n_groups)
+    Hg = _diagonal_blocks(H.float().to(W.device), group_length(spec, W.shape[1]))
+    w_max = group_absmax(W, spec)  # (rows, n_groups)
     best_err = torch.full_like(w_max, float("inf"))
     best_ratio = torch.ones_like(w_max)
     first = None

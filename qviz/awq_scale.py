@@ -23,21 +23,36 @@ from dataclasses import dataclass
 
 import torch
 
-from .awq_clip import apply_clip, clip_search
+from .awq_clip import apply_clip, clip_search, group_absmax
 from .quant import QuantSpec, check_tensor, fake_quantize
 
 __all__ = [
     "LinearAWQ",
     "SalientResult",
+    "alpha_curve",
+    "alpha_grid",
     "awq_fake_quantize",
     "awq_linear",
     "awq_scale",
+    "group_output_error",
     "keep_salient_fp16",
     "mean_abs",
     "output_mse",
 ]
 
-ALPHA_GRID = tuple(i / 20 for i in range(20))  # the paper's grid: 0, 0.05, ..., 0.95
+
+def alpha_grid(n_grid: int = 20) -> tuple[float, ...]:
+    """The α values searched: 0, 1/n_grid, ..., (n_grid − 1)/n_grid (the paper's 0, 0.05, ..., 0.95 for 20).
+
+    >>> alpha_grid(4)
+    (0.0, 0.25, 0.5, 0.75)
+    """
+    if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
+        raise ValueError(f"n_grid must be a positive integer (20 in the paper), got {n_grid!r}")
+    return tuple(i / n_grid for i in range(n_grid))
+
+
+ALPHA_GRID = alpha_grid()  # the paper's grid: 0, 0.05, ..., 0.95
 
 
 def mean_abs(X: torch.Tensor) -> torch.Tensor:
@@ -123,6 +138,33 @@ def awq_linear(
     W_hat = (fake_quantize(Ws, spec) / s).to(W.dtype)
     rtn = output_mse(X, W, fake_quantize(W, spec))
     return LinearAWQ(W_hat, s, alphas[best], list(alphas), losses, rtn, output_mse(X, W, W_hat), ratio)
+
+
+@torch.no_grad()
+def group_output_error(
+    W: torch.Tensor, X: torch.Tensor, spec: QuantSpec, alpha: float, clip_ratio: float = 1.0
+) -> float:
+    """L(α, r): output MSE of Q(clip_r(W·s))/s against W on X, for one linear. W: (out, in); X: (tokens, in).
+
+    s = awq_scale(mean_abs(X), α); clip_ratio r in (0, 1]: every (row, group) of W·s is clamped to ±r·(its max
+    |w|) before rounding (AWQ's search picks r per group; one r for all shows the trade-off). α = 0, r = 1 is
+    plain RTN: output_mse(X, W, fake_quantize(W, spec)).
+    """
+    if not 0 < clip_ratio <= 1:
+        raise ValueError(f"clip_ratio must be in (0, 1], got {clip_ratio}")
+    X = _check(W, X, spec)
+    s = awq_scale(mean_abs(X), alpha)  # (in,)
+    Ws = W.float() * s
+    if clip_ratio < 1:
+        Ws = apply_clip(Ws, group_absmax(Ws, spec) * clip_ratio)
+    return output_mse(X, W, fake_quantize(Ws, spec) / s)
+
+
+def alpha_curve(
+    W: torch.Tensor, X: torch.Tensor, spec: QuantSpec, clip_ratio: float = 1.0, alphas=ALPHA_GRID
+) -> list[float]:
+    """L(α, r) for every α of `alphas` at one clip ratio r (see `group_output_error`)."""
+    return [group_output_error(W, X, spec, a, clip_ratio) for a in alphas]
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,16 @@ the first token of every chunk (as in the GPTQ protocol). With `bos_token_id`, e
 BOS (context only, never a target) and every token of the row is scored. The default, "auto", takes the
 model's `config.bos_token_id` when it has one: Gemma expects BOS (Gemma-3-270M on 1024 Britannica tokens:
 ppl 18.9 with BOS, 34.5 without); pass None to score raw windows.
+
+`evaluate` is the one pass the notebooks and benchmarks use to compare a quantized model with its reference:
+each window read once by each model gives perplexity, the KL divergence per token (its mean and its tail,
+p99 and p99.9) and top-1 agreement together.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +38,16 @@ from tqdm.auto import tqdm
 
 from .arch import decoder_layers, family_of, linear_layers
 
-__all__ = ["LogitComparison", "SizeReport", "compare_logits", "generate", "model_size", "nll", "perplexity"]
+__all__ = [
+    "Evaluation",
+    "SizeReport",
+    "evaluate",
+    "generate",
+    "model_size",
+    "nll",
+    "paired_difference",
+    "perplexity",
+]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -126,39 +139,94 @@ def perplexity(
 
 
 @dataclass(frozen=True)
-class LogitComparison:
-    kl: float  # mean over tokens of KL(p_ref || p_model) in nats: 0 when the two models agree exactly
-    top1: float  # fraction of positions where both models' most likely next token is the same
-    n_tokens: int  # positions compared
+class Evaluation:
+    """What `evaluate` measures, per scored token (nats). Without a reference, the KL fields are None."""
+
+    ppl: float  # exp(nll): the model's perplexity on the windows
+    nll: float  # mean −log p(x_t | x_<t) over the scored tokens
+    n_tokens: int  # scored tokens: every token of every window (with BOS, which is context, never a target)
+    kl: float | None = None  # mean over tokens of KL(p_ref ‖ p_model): 0 when the models agree exactly
+    kl_p99: float | None = None  # the 99th percentile of the per-token KL: the tail a mean hides
+    kl_p999: float | None = None  # the 99.9th percentile
+    top1: float | None = None  # fraction of tokens where both models' most likely next token is the same
+    ref_ppl: float | None = None  # the reference's perplexity on the same tokens
+    token_nll: list[float] | None = None  # −log p of every scored token, in order (for paired comparisons)
+    token_kl: list[float] | None = None  # KL at every scored token, in order
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 @torch.no_grad()
-def compare_logits(
-    ref_model: nn.Module,
+def evaluate(
     model: nn.Module,
     windows: torch.Tensor,
+    reference: nn.Module | None = None,
     *,
     bos_token_id: int | str | None = "auto",
     progress: bool = True,
-) -> LogitComparison:
-    """Compare next-token distributions of `model` with `ref_model` at every position of `windows`.
+) -> Evaluation:
+    """Perplexity, and with a `reference` the KL divergence (mean and tail) and top-1 agreement, in ONE pass:
+    each window (a row of `windows` (n, L)) is read once by each model, whole, prefixed with BOS ("auto":
+    the model's config.bos_token_id), and every one of its L tokens is scored from the logits of that pass
+    (L − 1 without BOS). Perplexity is `perplexity`'s with its defaults; KL and top-1 are on the same tokens.
 
-    KL(p‖q) = Σ_v p(v) (log p(v) − log q(v)), p from the reference, q from the model under test, per
-    position; the result is the mean over all positions. Windows (n, L) are read one row at a time.
+    KL(p‖q) = Σ_v p(v) (log p(v) − log q(v)) per token, p from the reference, q from the model under test.
     """
     rows = _as_rows(windows)
     bos = _bos(model, bos_token_id)
-    if bos != _bos(ref_model, bos_token_id):
+    if reference is not None and bos != _bos(reference, bos_token_id):
         raise ValueError("the two models have different BOS tokens: pass bos_token_id explicitly")
-    kl_sum, agree, count = 0.0, 0, 0
-    for row in tqdm(rows, desc="compare logits", unit="window", disable=not progress):
+    agree, nlls, ref_nlls, kls = 0, [], [], []
+    for row in tqdm(rows, desc="evaluate", unit="window", disable=not progress):
         ids = torch.cat([torch.tensor(bos, dtype=torch.long), row])[None]
-        log_p = F.log_softmax(_logits(ref_model, ids), dim=-1)
-        log_q = F.log_softmax(_logits(model, ids), dim=-1).to(log_p.device)
-        kl_sum += F.kl_div(log_q, log_p, log_target=True, reduction="sum").item()
-        agree += (log_p.argmax(-1) == log_q.argmax(-1)).sum().item()
-        count += log_p.shape[0]
-    return LogitComparison(kl=kl_sum / count, top1=agree / count, n_tokens=count)
+        targets = ids[0, 1:].to(
+            _device(model)
+        )  # logits[t] predicts ids[t + 1]: the row (without BOS: from x_1)
+        log_q = F.log_softmax(_logits(model, ids)[:-1], dim=-1)  # (scored tokens, vocab)
+        nlls.append(F.nll_loss(log_q, targets, reduction="none").double().cpu())
+        if reference is not None:
+            log_p = F.log_softmax(_logits(reference, ids)[:-1], dim=-1).to(log_q.device)
+            ref_nlls.append(F.nll_loss(log_p, targets, reduction="none").double().cpu())
+            kls.append(F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).double().cpu())
+            agree += (log_p.argmax(-1) == log_q.argmax(-1)).sum().item()
+    nll = torch.cat(nlls)
+    n, mean_nll = len(nll), nll.mean().item()
+    if reference is None:
+        return Evaluation(ppl=math.exp(mean_nll), nll=mean_nll, n_tokens=n, token_nll=nll.tolist())
+    kl = torch.cat(kls)
+    return Evaluation(
+        ppl=math.exp(mean_nll),
+        nll=mean_nll,
+        n_tokens=n,
+        kl=kl.mean().item(),
+        kl_p99=torch.quantile(kl, 0.99).item(),
+        kl_p999=torch.quantile(kl, 0.999).item(),
+        top1=agree / n,
+        ref_ppl=math.exp(torch.cat(ref_nlls).mean().item()),
+        token_nll=nll.tolist(),
+        token_kl=kl.tolist(),
+    )
+
+
+def paired_difference(a: list[float], b: list[float], block: int = 64) -> tuple[float, float]:
+    """Mean of a − b over the same tokens (e.g. the per-token KL of two models, `Evaluation.token_kl`) and its
+    standard error: the noise of the comparison itself, from this text.
+
+    Neighbouring tokens are correlated, so the plain per-token standard error would be too small; this uses
+    "batch means": the differences averaged over consecutive blocks of `block` tokens, whose spread gives the
+    error of their mean. A verdict "a is lower than b" needs the difference to exceed about 2 standard errors.
+
+    >>> paired_difference([1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 2.0, 3.0], block=2)
+    (1.0, 0.0)
+    """
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    if d.dim() != 1 or len(d) < 2 * block:
+        raise ValueError(
+            f"need two equal-length lists of at least {2 * block} tokens (block={block}), got {len(d)}"
+        )
+    means = d[: len(d) // block * block].reshape(-1, block).mean(1)
+    return d.mean().item(), (means.std() / math.sqrt(len(means))).item()
 
 
 @dataclass(frozen=True)

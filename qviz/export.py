@@ -13,7 +13,10 @@ Two formats, both a folder with config.json (+ the tokenizer when given) and mod
   name.qzeros, name.scales (fp16), name.g_idx, and quant_method "gptq" with bits, group_size, desc_act, sym
   in config.json (also written to quantize_config.json for older loaders).
 
-Everything that is not a quantized Linear (embeddings, norms, lm_head, biases) is saved as it is.
+The quantized weights are exactly the codes, scales and zero points a method chose (a `qviz.result.QuantResult`
+from `qviz.rtn`, `qviz.gptq` or `qviz.awq`), never re-derived; everything that is not a quantized Linear
+(embeddings, norms, lm_head, biases) is saved as the model holds it, with the tensors the method changed (AWQ
+folds 1/s into norms) taken from the result. `load_quantized` gives back the codes bit for bit.
 
 Atomic: the files are written into a temporary folder beside the target, flushed to disk (fsync), and only
 then renamed into place. A crash or an error midway leaves the old checkpoint (or nothing), never half of one.
@@ -26,16 +29,18 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .pack import pack_compressed_tensors, pack_gptq, unpack_compressed_tensors, unpack_gptq
-from .qlinear import QuantLinear, quantize_linears
-from .quant import QuantizedTensor, QuantSpec
+from .qlinear import quantize_linears
+from .quant import QuantSpec
+from .result import QuantResult
 
 __all__ = [
     "FORMATS",
@@ -49,27 +54,17 @@ __all__ = [
 FORMATS = ("compressed-tensors", "gptq")
 SAFETENSORS = "model.safetensors"
 _save_file = save_file  # called through this name so that a test can make it fail midway
+_QUANT_BUFFERS = ("qweight", "scales", "zero_point", "g_idx")  # a QuantLinear's own state (its bias is kept)
 
 
 @dataclass
 class QuantizedCheckpoint:
-    """What `load_quantized` returns: the quantized weights by module name and every other tensor."""
+    """What `load_quantized` returns: the quantized weights (as a QuantResult) and every other tensor."""
 
     format: str  # "compressed-tensors" or "gptq"
     config: dict  # config.json as saved (with "quantization_config")
-    quantized: dict[str, QuantizedTensor]  # module name -> codes, scale, zero_point
-    g_idx: dict[str, torch.Tensor] = field(default_factory=dict)  # GPTQ act-order only
+    result: QuantResult  # codes, scales and zero points (and g_idx) of every quantized linear
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # non-quantized tensors, by state_dict key
-
-
-def _quant_layers(model: nn.Module) -> dict[str, QuantLinear]:
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
-    if not layers:
-        raise ValueError("the model has no QuantLinear layers: call qviz.qlinear.quantize_linears first")
-    specs = {(m.spec.bits, m.spec.symmetric, m.spec.group_size) for m in layers.values()}
-    if len(specs) > 1:
-        raise ValueError(f"one checkpoint holds one quantization scheme; layers use {sorted(specs, key=str)}")
-    return layers
 
 
 def quantization_config(spec: QuantSpec, fmt: str, ignore: list[str], desc_act: bool = False) -> dict:
@@ -134,7 +129,12 @@ def _atomic_folder(target: Path, overwrite: bool):
         if target.exists():  # a folder cannot be renamed over a non-empty one: move the old one aside first
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / "ckpt")
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old / "ckpt", target)  # the old checkpoint goes back where it was
+                old.rmdir()
+                raise
             shutil.rmtree(old)
         else:
             os.replace(tmp, target)
@@ -146,48 +146,57 @@ def _atomic_folder(target: Path, overwrite: bool):
 
 def save_quantized(
     model: nn.Module,
+    result: QuantResult,
     path: str | os.PathLike,
     format: str = "compressed-tensors",
     tokenizer=None,
     scale_dtype: torch.dtype | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write `model` (its decoder linears swapped for QuantLinear) as a checkpoint folder at `path`.
+    """Write a quantized model as a checkpoint folder at `path`: for every linear in `result`, exactly the
+    codes, scales and zero points the method chose; every other tensor from `model` (the float model, the
+    fake-quantized one or the packed one: same architecture), with the tensors the method changed (AWQ's
+    folded norms) taken from `result`.
 
-    scale_dtype: dtype of the stored scales; default: the layers' own (GPTQ always stores float16).
-    Returns the folder. Raises ValueError for an unknown format or an existing path without overwrite.
+    scale_dtype: dtype of the stored scales; default: the dtype most of the model's other tensors have (float32
+    keeps the scales exact; the GPTQ format always stores float16). Returns the folder. Raises ValueError for
+    an unknown format, a result that does not fit the model, or an existing path without overwrite.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    layers = _quant_layers(model)
-    spec = next(iter(layers.values())).spec
+    if not isinstance(result, QuantResult) or not result.linears:
+        raise ValueError(
+            "result must be a qviz.result.QuantResult with quantized linears (from quantize_model)"
+        )
+    state = model.state_dict()
+    absent = [n for n in result.linears if f"{n}.weight" not in state and f"{n}.qweight" not in state]
+    absent += [k for k in result.float_tensors if k not in state]
+    if absent:
+        raise ValueError(f"the {result.method} result does not fit this model: it has no {absent[:3]}")
+    owned = {f"{name}.{leaf}" for name in result.linears for leaf in ("weight", *_QUANT_BUFFERS)}
     tensors, stored = {}, set()
-    for key, t in model.state_dict().items():  # everything that is not a QuantLinear's own buffer
-        owner, _, leaf = key.rpartition(".")
+    for key, t in state.items():  # everything that is not a quantized weight
+        t = (
+            result.float_tensors[key].to(t.dtype) if key in result.float_tensors else t
+        )  # in the model's dtype
         # a tied weight (lm_head = embedding) is stored once, under its first name; loading re-ties it
-        if (owner not in layers or leaf == "bias") and (t.data_ptr(), t.shape) not in stored:
+        if key not in owned and (t.data_ptr(), t.shape) not in stored:
             stored.add((t.data_ptr(), t.shape))
             tensors[key] = t.detach().contiguous()
-    desc_act = False
-    for name, layer in layers.items():
-        qt = layer.quantized()
-        if format == "gptq":
-            desc_act |= layer.g_idx is not None
-            packed = pack_gptq(qt, layer.g_idx)
-        else:
-            if layer.g_idx is not None:
-                raise ValueError(f"{name} has an act-order g_idx: save it in the 'gptq' format")
-            packed = pack_compressed_tensors(qt, scale_dtype or layer.scales.dtype)
+    floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    scale_dtype = scale_dtype or (max(set(floats), key=floats.count) if floats else torch.float32)
+    for name, qt in result.linears.items():
+        packed = pack_gptq(qt) if format == "gptq" else pack_compressed_tensors(qt, scale_dtype)
         tensors.update({f"{name}.{k}": v for k, v in packed.items()})
-    ignore = [
-        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear)
-    ]
-    qconfig = quantization_config(spec, format, ignore, desc_act)
+    desc_act = any(qt.g_idx is not None for qt in result.linears.values())
+    ignore = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in result.linears]
+    qconfig = quantization_config(result.spec, format, ignore, desc_act)
     config = model.config.to_dict() if hasattr(model, "config") else {}
     config["quantization_config"] = qconfig
+    meta = {"method": result.method, "spec": asdict(result.spec), "options": result.options}
 
     with _atomic_folder(Path(path), overwrite) as tmp:
-        _save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
+        _save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt", "qviz": json.dumps(meta)})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
         if format == "gptq":
             (tmp / "quantize_config.json").write_text(json.dumps(qconfig, indent=2))
@@ -203,29 +212,34 @@ def load_quantized(path: str | os.PathLike) -> QuantizedCheckpoint:
     qconfig = config.get("quantization_config")
     if not qconfig:
         raise ValueError(f"{path}/config.json has no quantization_config")
+    with safe_open(str(path / SAFETENSORS), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("qviz", "{}"))
     tensors = load_file(str(path / SAFETENSORS))
-    ckpt = QuantizedCheckpoint(qconfig["quant_method"], config, {})
-    if ckpt.format == "gptq":
-        names = [k.removesuffix(".qweight") for k in tensors if k.endswith(".qweight")]
-        for name in names:
+    fmt = qconfig.get("quant_method")
+    quantized = {}
+    if fmt == "gptq":
+        bits, symmetric = qconfig["bits"], qconfig["sym"]
+        for name in [k.removesuffix(".qweight") for k in tensors if k.endswith(".qweight")]:
             parts = {s: tensors.pop(f"{name}.{s}") for s in ("qweight", "qzeros", "scales", "g_idx")}
-            qt, g_idx = unpack_gptq(parts, qconfig["bits"], qconfig["sym"], dtype=parts["scales"].dtype)
-            ckpt.quantized[name] = qt
-            if g_idx is not None:
-                ckpt.g_idx[name] = g_idx
-    elif ckpt.format == "compressed-tensors":
+            quantized[name] = unpack_gptq(parts, bits, symmetric, dtype=parts["scales"].dtype)
+    elif fmt == "compressed-tensors":
         weights = qconfig["config_groups"]["group_0"]["weights"]
-        names = [k.removesuffix(".weight_packed") for k in tensors if k.endswith(".weight_packed")]
-        for name in names:
+        bits, symmetric = weights["num_bits"], weights["symmetric"]
+        for name in [k.removesuffix(".weight_packed") for k in tensors if k.endswith(".weight_packed")]:
             keys = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
             parts = {s: tensors.pop(f"{name}.{s}") for s in keys if f"{name}.{s}" in tensors}
-            ckpt.quantized[name] = unpack_compressed_tensors(
-                parts, weights["num_bits"], weights["symmetric"], dtype=parts["weight_scale"].dtype
+            quantized[name] = unpack_compressed_tensors(
+                parts, bits, symmetric, dtype=parts["weight_scale"].dtype
             )
     else:
-        raise ValueError(f"quant_method must be one of {FORMATS}, got {ckpt.format!r}")
-    ckpt.tensors = tensors
-    return ckpt
+        raise ValueError(f"quant_method must be one of {FORMATS}, got {fmt!r}")
+    if "spec" in meta:  # written by qviz: the exact spec (e.g. restricted_range)
+        spec = QuantSpec(**meta["spec"])
+    else:
+        group_size = next(iter(quantized.values())).spec.group_size if quantized else None
+        spec = QuantSpec(bits=bits, symmetric=symmetric, group_size=group_size)
+    result = QuantResult(meta.get("method", fmt), spec, quantized, options=meta.get("options", {}))
+    return QuantizedCheckpoint(fmt, config, result, tensors)
 
 
 def _no_init_weights():
@@ -239,34 +253,37 @@ def _no_init_weights():
     return no_init_weights()
 
 
-def load_quantized_model(path: str | os.PathLike, backend: str = "auto") -> nn.Module:
+def load_quantized_model(
+    path: str | os.PathLike, backend: str = "auto", dtype: torch.dtype | None = None
+) -> nn.Module:
     """A transformers causal LM whose decoder linears are QuantLinear, rebuilt from a `save_quantized` folder.
 
     The architecture comes from config.json, the float tensors and packed weights from model.safetensors;
-    no float copy of the quantized weights is ever made.
+    no float copy of the quantized weights is ever made. dtype: of the float tensors (default: as stored). The
+    model is built in that dtype, as transformers' from_pretrained does, so buffers computed at construction
+    (rotary frequencies, Gemma's embedding scale) get the same values as there.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     ckpt = load_quantized(path)
     cfg = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    if dtype is None:
+        stored = {t.dtype for t in ckpt.tensors.values() if t.is_floating_point()}
+        dtype = stored.pop() if len(stored) == 1 else torch.float32
     with _no_init_weights():  # every tensor is overwritten below: skip the random initialisation
-        model = AutoModelForCausalLM.from_config(config).eval()
-    dtypes = {t.dtype for t in ckpt.tensors.values() if t.is_floating_point()}
-    if len(dtypes) == 1:
-        model = model.to(dtypes.pop())
-    results = {name: (qt, ckpt.g_idx.get(name)) for name, qt in ckpt.quantized.items()}
-    quantize_linears(model, results, backend)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    quantize_linears(model, ckpt.result, backend)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
     missing, unexpected = model.load_state_dict(ckpt.tensors, strict=False)
-    quantized = {f"{n}.{b}" for n in results for b in ("qweight", "scales", "zero_point", "g_idx")}
+    quantized = {f"{n}.{b}" for n in ckpt.result.linears for b in _QUANT_BUFFERS}
     state = model.state_dict()
     loaded = {state[k].data_ptr() for k in ckpt.tensors if k in state}
     # tied weights (lm_head = embedding) were stored once: they count as loaded through their twin
     missing = [k for k in missing if k not in quantized and state[k].data_ptr() not in loaded]
     if missing or unexpected:
         raise ValueError(
-            f"checkpoint does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"{path}: checkpoint does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model

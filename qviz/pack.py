@@ -53,7 +53,6 @@ __all__ = [
     "unpack_awq",
     "pack_compressed_tensors",
     "unpack_compressed_tensors",
-    "dequantize_gidx",
     "AWQ_ORDER",
     "LAYOUT_BITS",
 ]
@@ -153,41 +152,41 @@ def to_unsigned(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _from_unsigned(
-    u, uz, scale, bits: int, symmetric: bool, group_size: int | None, dtype
+    u, uz, scale, bits: int, symmetric: bool, group_size: int | None, dtype, g_idx=None
 ) -> QuantizedTensor:
     """The QuantizedTensor (codes (N, K), scale/zero_point (N, n_groups)) for unsigned codes u and zeros uz."""
     spec = QuantSpec(bits=bits, symmetric=symmetric, group_size=group_size)
     if symmetric and not bool((uz == -spec.qmin).all()):
         raise ValueError(f"symmetric={symmetric} but stored zero points are not all {-spec.qmin}")
     return QuantizedTensor(
-        (u + spec.qmin).to(torch.int32), scale.float(), (uz + spec.qmin).to(torch.int32), spec, dtype
+        (u + spec.qmin).to(torch.int32), scale.float(), (uz + spec.qmin).to(torch.int32), spec, dtype, g_idx
     )
+
+
+def _check_contiguous_groups(qt: QuantizedTensor, layout: str) -> None:
+    if qt.g_idx is not None:
+        raise ValueError(
+            f"the {layout} layout stores contiguous groups (column k in group k // group_size), but this weight "
+            "has a g_idx (GPTQ act-order without static groups): use the 'gptq' layout, which stores g_idx, or "
+            "quantize with static_groups=True"
+        )
 
 
 def _group_size_or_none(n_groups: int, k: int) -> int | None:
     return None if n_groups == 1 else k // n_groups
 
 
-def dequantize_gidx(qt: QuantizedTensor, g_idx: torch.Tensor) -> torch.Tensor:
-    """Dequantize when input column k uses group g_idx[k] (GPTQ act-order) rather than k // group_size."""
-    scale, zero_point, _ = _per_row(qt)
-    g_idx = g_idx.long()
-    return ((qt.codes - zero_point[:, g_idx]) * scale[:, g_idx]).to(qt.dtype)
-
-
 # --- GPTQ v1 -------------------------------------------------------------------------------------------------
 
 
-def pack_gptq(
-    qt: QuantizedTensor, g_idx: torch.Tensor | None = None, scale_dtype=torch.float16
-) -> dict[str, torch.Tensor]:
+def pack_gptq(qt: QuantizedTensor, scale_dtype=torch.float16) -> dict[str, torch.Tensor]:
     """GPTQ v1 tensors {qweight, qzeros, scales, g_idx} for a (N, K) weight.
 
     qweight [K*b/32, N] packs the transposed codes along K; 3-bit streams 32 codes into 3 words.
     qzeros [K/g, N*b/32] holds zero_point - 1 (the v1 quirk; readers add 1 back), masked to b bits, so a
     zero point of 0 is stored as 2^b - 1. v1 readers that add 1 without wrapping read it as 2^b: use zero
     points >= 1 (symmetric specs always have 2^(b-1)) when the checkpoint goes to other tools.
-    g_idx [K]: group of each input column, k // g unless given (act-order).
+    g_idx [K]: group of each input column: `qt.g_idx` (GPTQ act-order without static groups), else k // g.
     """
     bits = qt.spec.bits
     _check_bits(bits, "gptq")
@@ -205,6 +204,7 @@ def pack_gptq(
             "v1 readers (and v1 -> v2 converters) see 2^b. Prefer symmetric specs or compressed-tensors for export.",
             stacklevel=2,
         )
+    g_idx = qt.g_idx
     if g_idx is None:
         g_idx = torch.arange(k, device=u.device) // group_size
     elif g_idx.shape != (k,) or g_idx.min() < 0 or g_idx.max() >= scale.shape[1]:
@@ -213,14 +213,14 @@ def pack_gptq(
         "qweight": pack_bits(u.T, bits, dim=0),
         "qzeros": pack_bits((uz.T - 1) & (2**bits - 1), bits, dim=1),
         "scales": scale.T.to(scale_dtype).contiguous(),
-        "g_idx": g_idx.to(torch.int32),
+        "g_idx": g_idx.to(torch.int32).clone(),  # its own storage: linears of one stack share one g_idx
     }
 
 
 def unpack_gptq(
     tensors: dict[str, torch.Tensor], bits: int, symmetric: bool, dtype=torch.float16
-) -> tuple[QuantizedTensor, torch.Tensor | None]:
-    """Inverse of `pack_gptq`: (QuantizedTensor, g_idx), g_idx None when it is the plain k // group_size."""
+) -> QuantizedTensor:
+    """Inverse of `pack_gptq`; the QuantizedTensor's g_idx is None when the stored one is the plain k // g."""
     _check_bits(bits, "gptq")
     scales = tensors["scales"]
     n_groups, n = scales.shape
@@ -234,7 +234,7 @@ def unpack_gptq(
         g_idx = None if torch.equal(g_idx.long(), plain) else g_idx.to(torch.int32)
     if g_idx is not None and group_size is None:
         group_size = k // n_groups
-    return _from_unsigned(u, uz, scales.T, bits, symmetric, group_size, dtype), g_idx
+    return _from_unsigned(u, uz, scales.T, bits, symmetric, group_size, dtype, g_idx)
 
 
 # --- AWQ GEMM ------------------------------------------------------------------------------------------------
@@ -256,6 +256,7 @@ def _awq_unpack_columns(words: torch.Tensor) -> torch.Tensor:
 def pack_awq(qt: QuantizedTensor, scale_dtype=torch.float16) -> dict[str, torch.Tensor]:
     """AWQ GEMM tensors {qweight [K, N/8], qzeros [K/g, N/8], scales [K/g, N]} for a 4-bit (N, K) weight."""
     _check_bits(qt.spec.bits, "awq")
+    _check_contiguous_groups(qt, "AWQ GEMM")
     scale, _, _ = _per_row(qt)
     u, uz = to_unsigned(qt)
     return {
@@ -289,6 +290,7 @@ def pack_compressed_tensors(qt: QuantizedTensor, scale_dtype=torch.float16) -> d
     """
     bits = qt.spec.bits
     _check_bits(bits, "compressed-tensors")
+    _check_contiguous_groups(qt, "compressed-tensors")
     scale, _, _ = _per_row(qt)
     u, uz = to_unsigned(qt)  # unsigned = signed + 2^(b-1) for every spec, since qmin is 0 or -2^(b-1)
     out = {

@@ -24,7 +24,6 @@ Backends (`QuantLinear.backend`), all computing y = x @ dequantize(W).T + bias:
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -32,6 +31,7 @@ from torch import nn
 from .kernels import torch_int4
 from .pack import pack_bits, to_unsigned, unpack_bits
 from .quant import QuantizedTensor, QuantSpec, quantize
+from .result import QuantResult
 
 __all__ = ["QuantLinear", "BACKENDS", "quantize_linears", "weight_bytes", "triton_available"]
 
@@ -111,11 +111,12 @@ class QuantLinear(nn.Module):
         cls,
         qt: QuantizedTensor,
         bias: torch.Tensor | None = None,
-        g_idx: torch.Tensor | None = None,
         scale_dtype: torch.dtype | None = None,
         backend: str = "auto",
     ) -> QuantLinear:
-        """Pack a QuantizedTensor of a (out_features, in_features) weight. scale_dtype defaults to qt.dtype."""
+        """Pack a QuantizedTensor of a (out_features, in_features) weight (its codes exactly, and its g_idx
+        when it has one). scale_dtype defaults to qt.dtype."""
+        g_idx = qt.g_idx
         u, uz = to_unsigned(qt)  # (N, K), (N, n_groups) in [0, 2^b)
         n, k = u.shape
         n_groups = uz.shape[1]
@@ -149,7 +150,7 @@ class QuantLinear(nn.Module):
         qmin = self.spec.qmin
         codes = self.unsigned_codes() + qmin
         zp = self.zero_point.T.to(torch.int32) + qmin
-        return QuantizedTensor(codes, self.scales.T.float(), zp, self.spec, self.scales.dtype)
+        return QuantizedTensor(codes, self.scales.T.float(), zp, self.spec, self.scales.dtype, self.g_idx)
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """W_hat (out_features, in_features) = (q - z) * scale, computed in float32, cast to `dtype`."""
@@ -220,47 +221,36 @@ class QuantLinear(nn.Module):
         )
 
 
-def _decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """nn.Linear modules inside an nn.ModuleList (the decoder layers), by qualified name; lm_head is outside."""
-    found = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList):
-            for sub, child in module.named_modules():
-                if isinstance(child, nn.Linear) and not isinstance(child, QuantLinear):
-                    found[f"{name}.{sub}"] = child
-    return found
+def quantize_linears(model: nn.Module, result: QuantResult, backend: str = "auto") -> nn.Module:
+    """Replace every linear the method quantized by a QuantLinear holding exactly its codes, in place; copy in
+    the float tensors the method changed (AWQ's folded norms), so a fresh float model works as well as the one
+    the method quantized. Returns the model, which now computes what the fake-quantized model computed
+    (bit for bit in the layers' dtype, with the reference backend and scales kept in float32).
 
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
-
-
-def quantize_linears(
-    model: nn.Module,
-    spec_or_results: QuantSpec | Mapping[str, QuantizedTensor | tuple[QuantizedTensor, torch.Tensor | None]],
-    backend: str = "auto",
-) -> nn.Module:
-    """Replace the decoder layers' nn.Linear modules by QuantLinear, in place; returns the model.
-
-    spec_or_results: a QuantSpec (round-to-nearest every decoder linear) or a mapping from qualified module
-    names (as in model.named_modules()) to the QuantizedTensor a method produced, or (QuantizedTensor, g_idx).
+    result: a `qviz.result.QuantResult` (from `qviz.rtn`, `qviz.gptq`, `qviz.awq`, or a checkpoint).
     """
-    if isinstance(spec_or_results, QuantSpec):
-        for name, linear in _decoder_linears(model).items():
-            _set_module(model, name, QuantLinear.from_linear(linear, spec_or_results, backend))
-        return model
-    if not isinstance(spec_or_results, Mapping):
+    if not isinstance(result, QuantResult):
         raise ValueError(
-            f"expected a QuantSpec or a mapping name -> QuantizedTensor, got {type(spec_or_results)}"
+            f"expected a qviz.result.QuantResult (what rtn/gptq/awq.quantize_model return), got "
+            f"{type(result).__name__}"
         )
-    for name, result in spec_or_results.items():
-        qt, g_idx = result if isinstance(result, tuple) else (result, None)
-        linear = model.get_submodule(name)
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"{name!r} is a {type(linear).__name__}, not an nn.Linear")
-        dtype = linear.weight.dtype
-        _set_module(model, name, QuantLinear.from_quantized(qt, linear.bias, g_idx, dtype, backend))
+    linears = {}
+    for name in result.linears:
+        try:
+            linears[name] = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the result names {name!r}, which this model does not have") from None
+        if not isinstance(linears[name], nn.Linear) or isinstance(linears[name], QuantLinear):
+            raise ValueError(f"{name!r} is a {type(linears[name]).__name__}, not an nn.Linear")
+    state = model.state_dict()
+    with torch.no_grad():
+        for key, t in result.float_tensors.items():
+            state[key].copy_(t)
+    for name, qt in result.linears.items():
+        linear = linears[name]
+        layer = QuantLinear.from_quantized(qt, linear.bias, linear.weight.dtype, backend)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, layer.to(linear.weight.device))
     return model
 
 

@@ -7,10 +7,16 @@ A b-bit integer grid has 2**b levels. A floating-point value w is stored as an i
 
 and `w_hat - w` is the rounding error. Everything else is about choosing `scale` and `zero_point`:
 
-- symmetric:  qmin, qmax = -2**(b-1), 2**(b-1) - 1;  zero_point = 0;  scale = absmax / qmax
-  ("absmax" quantization: the grid is centred on zero; the code -2**(b-1) is never produced by rounding).
+- symmetric:  qmin, qmax = -2**(b-1), 2**(b-1) - 1;  zero_point = 0;  the grid is centred on zero and
+  absmax = max|w| is spread over all 2**b codes: scale = 2·absmax / (2**b - 1) = absmax / (qmax + ½). This is
+  the grid of the GPTQ reference code, AutoGPTQ/GPTQModel and compressed-tensors: at 4 bits scale = absmax / 7.5,
+  codes -8..7, and the largest positive weight lands on code 7 (7.5 rounds to 8, clamped: an error of ½ step).
+  `restricted_range=True` gives the textbook "absmax" grid instead: scale = absmax / qmax (absmax / 7 at 4 bits),
+  every weight within half a step, but the code -2**(b-1) is never used: 15 of 16 levels at 4 bits.
 - asymmetric: qmin, qmax = 0, 2**b - 1;  the range [min, max] (widened to include 0, so that 0 is exact)
   is spread over all 2**b levels: scale = (max - min) / qmax,  zero_point = clamp(round(-min / scale), qmin, qmax).
+
+Every method rounds with one primitive, `round_to_grid`: codes = clamp(round(w / scale) + zero_point, qmin, qmax).
 
 Granularity is one idea, not three code paths: a weight W of shape (out_features, in_features) is viewed as
 rows of groups, and one (scale, zero_point) pair is chosen per group.
@@ -19,13 +25,15 @@ rows of groups, and one (scale, zero_point) pair is chosen per group.
 - "channel": one group per output row                 -> qparams of shape (out_features, 1)
 - "group":   rows cut into groups of `group_size`     -> qparams of shape (out_features, in_features // group_size)
 
-Example: 4-bit symmetric, per-tensor, on w = [-1.4, 0.0, 0.7]: absmax = 1.4, qmax = 7, scale = 0.2,
-codes = [-7, 0, 4] (0.7 / 0.2 = 3.5 rounds to the even 4), and w_hat = [-1.4, 0.0, 0.8].
+Example: 4-bit symmetric, per-tensor, on w = [-7.5, 0.0, 3.5]: absmax = 7.5, scale = 7.5 / 7.5 = 1, and
+codes = [-8, 0, 4] (-7.5 and 3.5 are halves: torch.round takes the even neighbour). The restricted grid has
+scale = 7.5 / 7 ≈ 1.07 and codes [-7, 0, 3].
 
->>> spec = QuantSpec(bits=4, symmetric=True, granularity="tensor")
->>> qt = quantize(torch.tensor([-1.4, 0.0, 0.7]), spec)
->>> qt.codes.tolist(), round(qt.scale.item(), 6)
-([-7, 0, 4], 0.2)
+>>> quantize(torch.tensor([-7.5, 0.0, 3.5]), QuantSpec(bits=4, granularity="tensor")).codes.tolist()
+[-8, 0, 4]
+>>> spec = QuantSpec(bits=4, granularity="tensor", restricted_range=True)
+>>> quantize(torch.tensor([-7.5, 0.0, 3.5]), spec).codes.tolist()
+[-7, 0, 3]
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ class QuantSpec:
     group_size: int | None = None  # elements per group along in_features (e.g. 128); None: no groups
     granularity: str | None = None  # "tensor", "channel" (one scale per output row) or "group";
     #                                  None: "group" when group_size is given, else "channel"
+    restricted_range: bool = False  # symmetric only: scale = absmax / qmax (the textbook grid, code -2^(b-1)
+    #                                 never used) instead of absmax / (qmax + ½) (every code used)
     clip_ratio: float = 1.0  # shrink the range to clip_ratio * (min, max) before choosing the scale
     mse_clip: bool = False  # search, per group, the clip ratio in [0.5, 1] that minimizes the MSE
 
@@ -76,6 +86,11 @@ class QuantSpec:
                 f"group_size applies only to granularity='group'; use group_size=None with "
                 f"granularity={self.granularity!r}"
             )
+        if not isinstance(self.restricted_range, bool) or (self.restricted_range and not self.symmetric):
+            raise ValueError(
+                "restricted_range (scale = absmax / qmax) applies to symmetric grids only: "
+                f"got restricted_range={self.restricted_range!r}, symmetric={self.symmetric!r}"
+            )
         if not (isinstance(self.clip_ratio, (int, float)) and 0.0 < self.clip_ratio <= 1.0):
             raise ValueError(f"clip_ratio must be in (0, 1], got {self.clip_ratio!r}")
         if self.mse_clip and self.clip_ratio != 1.0:
@@ -91,9 +106,10 @@ class QuantSpec:
 
     @property
     def label(self) -> str:
-        """A short human-readable name, e.g. 'INT4 sym g128'."""
+        """A short human-readable name, e.g. 'INT4 sym g128' ('INT4 sym±7 g128' for the restricted grid)."""
         gran = {"tensor": "per-tensor", "channel": "per-channel"}.get(self.granularity, f"g{self.group_size}")
-        return f"INT{self.bits} {'sym' if self.symmetric else 'asym'} {gran}"
+        kind = "asym" if not self.symmetric else f"sym±{self.qmax}" if self.restricted_range else "sym"
+        return f"INT{self.bits} {kind} {gran}"
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,9 @@ class QuantizedTensor:
 
     codes: same shape as the input, int32, values in [spec.qmin, spec.qmax]
     scale, zero_point: (rows, n_groups), float32 and int32; rows = prod(shape[:-1]) ("tensor": (1, 1))
+    g_idx: None when input column k belongs to group k // group_size (contiguous groups, the usual case);
+        else (in_features,) int32, the group of every input column: GPTQ's act-order without static groups
+        forms its groups in processing order, and checkpoints store that map (GPTQ's `g_idx`).
     """
 
     codes: torch.Tensor
@@ -109,6 +128,7 @@ class QuantizedTensor:
     zero_point: torch.Tensor
     spec: QuantSpec
     dtype: torch.dtype = torch.float32  # dtype of the original tensor, restored by dequantize
+    g_idx: torch.Tensor | None = None
 
 
 def check_tensor(w: torch.Tensor, spec: QuantSpec | None = None, *, finite: bool = True) -> None:
@@ -154,7 +174,10 @@ def _grouped(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 def _qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec):
     """scale, zero_point from per-group ranges lo <= 0 <= hi (any shape)."""
     if spec.symmetric:
-        scale = torch.maximum(hi, -lo) / spec.qmax
+        levels = (
+            spec.qmax if spec.restricted_range else spec.qmax + 0.5
+        )  # absmax / 7 or absmax / 7.5 (4 bits)
+        scale = torch.maximum(hi, -lo) / levels
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
     else:
         scale = (hi - lo) / spec.qmax
@@ -166,10 +189,26 @@ def _qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec):
     return scale, zero_point
 
 
+def round_to_grid(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
+    """Integer codes clamp(round(x / scale) + zero_point, qmin, qmax), returned as floats, with no checks.
+
+    The one rounding step of qviz: `quantize`, `fake_quantize` and GPTQ's column loop all call it, so their
+    codes agree bit for bit. Shapes broadcast (e.g. x (rows, n_groups, group_len) with scale (rows, n_groups, 1),
+    or one column x (rows,) with its group's scale (rows,)). torch.round rounds halves to even.
+    Dequantize with (codes - zero_point) * scale.
+
+    >>> round_to_grid(torch.tensor([-4.0, 0.25, 0.75, 9.0]), 0.5, 0, -8, 7).tolist()  # w / scale: -8, ½, 1½, 18
+    [-8.0, 0.0, 2.0, 7.0]
+    """
+    return (
+        x.div(scale).round_().add_(zero_point).clamp_(qmin, qmax)
+    )  # in place after the division: one allocation
+
+
 def _fake(g: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Quantize-dequantize grouped values g (rows, n_groups, group_len) with qparams (rows, n_groups)."""
     s, z = scale.unsqueeze(-1), zero_point.unsqueeze(-1).to(g.dtype)
-    return g.div(s).round_().add_(z).clamp_(spec.qmin, spec.qmax).sub_(z).mul_(s)  # in place: one allocation
+    return round_to_grid(g, s, z, spec.qmin, spec.qmax).sub_(z).mul_(s)
 
 
 def _search_clip(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec, steps: int = 50):
@@ -217,12 +256,19 @@ def quantize(
         check_tensor(w, spec)
     g = _grouped(w, spec)
     s, z = scale.float().unsqueeze(-1), zero_point.unsqueeze(-1)
-    codes = torch.clamp(torch.round(g / s) + z, spec.qmin, spec.qmax).to(torch.int32)
+    codes = round_to_grid(g, s, z, spec.qmin, spec.qmax).to(torch.int32)
     return QuantizedTensor(codes.reshape(w.shape), scale.float(), zero_point.to(torch.int32), spec, w.dtype)
 
 
 def dequantize(qt: QuantizedTensor) -> torch.Tensor:
-    """Floats back from codes: (codes - zero_point) * scale, in the original dtype."""
+    """Floats back from codes: (codes - zero_point) * scale, in the original dtype.
+
+    With a `g_idx`, input column k takes the qparams of group g_idx[k] (codes (rows, in_features)).
+    """
+    if qt.g_idx is not None:
+        g = qt.g_idx.long()
+        w_hat = (qt.codes - qt.zero_point[:, g]) * qt.scale[:, g]
+        return w_hat.to(qt.dtype)
     g = _grouped(qt.codes, qt.spec)
     w_hat = (g - qt.zero_point.unsqueeze(-1)) * qt.scale.unsqueeze(-1)
     return w_hat.reshape(qt.codes.shape).to(qt.dtype)

@@ -12,6 +12,7 @@ forward pre-hook on every linear of the decoder layers that accumulates per-inpu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +20,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qviz.arch import decoder_layers, family_of, linear_layers
+from qviz.quant import QuantSpec, fake_quantize, sqnr_db
 
-__all__ = ["ChannelStats", "activation_stats", "weight_stats", "outlier_ratio", "named_linears"]
+__all__ = [
+    "ChannelStats",
+    "activation_stats",
+    "layer_error",
+    "weight_stats",
+    "outlier_ratio",
+    "named_linears",
+]
 
 
 def named_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -100,3 +109,21 @@ def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 
         for h in handles:
             h.remove()
     return {k: ChannelStats((sums[k] / counts[k]).float(), maxes[k], counts[k]) for k in linears}
+
+
+def layer_error(w: torch.Tensor, mean_abs: torch.Tensor, spec: QuantSpec) -> dict:
+    """Weight SQNR, and an activation-weighted SQNR that counts each column's error by its input's size.
+
+    The output of a linear is y = W x. With E = W − Ŵ, a column j contributes to the output error in proportion
+    to |x_j|, so Σ_j m_j² ‖E[:, j]‖² / Σ_j m_j² ‖W[:, j]‖² (m_j = mean |x_j|) estimates how much of the *output*
+    is noise; errors in high-activation columns weigh most.
+    """
+    e2 = (fake_quantize(w, spec) - w).pow(2).sum(0)  # (in_features,) squared error per column
+    w2 = w.pow(2).sum(0)
+    m2 = mean_abs.float().pow(2)
+    noise, signal = (m2 * e2).sum().item(), (m2 * w2).sum().item()
+    return dict(
+        weight_sqnr_db=sqnr_db(w, fake_quantize(w, spec)),
+        weighted_sqnr_db=10 * math.log10(signal / noise) if noise > 0 else float("inf"),
+        column_error=e2.numpy(),
+    )

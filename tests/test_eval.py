@@ -7,7 +7,7 @@ import tiny_models
 import torch
 import torch.nn.functional as F
 
-from qviz.eval import compare_logits, generate, model_size, nll, perplexity
+from qviz.eval import evaluate, generate, model_size, nll, paired_difference, perplexity
 from qviz.quant import QuantSpec, bits_per_weight
 
 VOCAB = 50
@@ -96,22 +96,43 @@ def test_bad_stride_is_a_clear_error(model, windows):
 
 
 def test_kl_with_itself_is_zero_and_top1_is_one(model, windows):
-    result = compare_logits(model, model, windows, progress=False)
-    assert result.kl == pytest.approx(0.0, abs=1e-6)
-    assert result.top1 == 1.0
-    assert result.n_tokens == windows.numel() + len(windows)  # every position, BOS included
+    result = evaluate(model, windows, model, progress=False)
+    assert result.kl == pytest.approx(0.0, abs=1e-6) and result.kl_p999 == pytest.approx(0.0, abs=1e-6)
+    assert result.top1 == 1.0 and result.ppl == result.ref_ppl
+    assert result.n_tokens == windows.numel()  # every token of every window, predicted after BOS
 
 
-def test_kl_against_another_model_equals_direct_sum(model, windows):
+@pytest.mark.parametrize("bos", [1, None], ids=["bos", "no-bos"])
+def test_evaluate_equals_direct_computation(model, windows, bos):
+    """One pass gives what three independent computations give: perplexity (as `perplexity`), the per-token
+    KL's mean and quantiles, and top-1 agreement, on the same scored tokens."""
     other = tiny_llama(seed=1)
+    ids = windows if bos is None else torch.cat([torch.full((3, 1), bos), windows], 1)
     with torch.no_grad():
-        log_p = F.log_softmax(model(windows).logits.double(), -1)
-        log_q = F.log_softmax(other(windows).logits.double(), -1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean().item()
+        log_p = F.log_softmax(model(ids).logits.double(), -1)[:, :-1]
+        log_q = F.log_softmax(other(ids).logits.double(), -1)[:, :-1]
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).flatten()
     top1 = (log_p.argmax(-1) == log_q.argmax(-1)).double().mean().item()
-    result = compare_logits(model, other, windows, bos_token_id=None, progress=False)
-    assert result.kl == pytest.approx(kl, rel=1e-4) and result.kl > 0
+    result = evaluate(other, windows, model, bos_token_id=bos, progress=False)
+    assert result.n_tokens == kl.numel() == (windows.numel() if bos else windows[:, 1:].numel())
+    assert result.kl == pytest.approx(kl.mean().item(), rel=1e-4) and result.kl > 0
+    assert result.kl_p99 == pytest.approx(torch.quantile(kl, 0.99).item(), rel=1e-3)
+    assert result.kl_p999 == pytest.approx(torch.quantile(kl, 0.999).item(), rel=1e-3)
+    assert result.kl_p999 >= result.kl_p99 > result.kl
     assert result.top1 == pytest.approx(top1)
+    assert result.ppl == pytest.approx(perplexity(other, windows, bos_token_id=bos, progress=False), rel=1e-5)
+    assert result.ref_ppl == pytest.approx(
+        perplexity(model, windows, bos_token_id=bos, progress=False), rel=1e-5
+    )
+    alone = evaluate(other, windows, bos_token_id=bos, progress=False)
+    assert alone.ppl == result.ppl and alone.kl is None and alone.top1 is None
+
+
+def test_evaluate_refuses_models_with_different_bos(model, windows):
+    other = tiny_llama(seed=1)
+    other.config.bos_token_id = 0
+    with pytest.raises(ValueError, match="different BOS"):
+        evaluate(other, windows, model, progress=False)
 
 
 def test_model_size_float_and_quantized(model):
@@ -142,3 +163,25 @@ def test_real_model_perplexity_and_greedy_text(smollm2):
     text = generate(model, tok, "The capital of France is", max_new_tokens=8)
     assert text == generate(model, tok, "The capital of France is", max_new_tokens=8)  # greedy: deterministic
     assert "Paris" in text
+
+
+def test_paired_difference_is_batch_means():
+    g = torch.Generator().manual_seed(0)
+    a, b = (
+        torch.rand(640, generator=g, dtype=torch.float64),
+        torch.rand(640, generator=g, dtype=torch.float64),
+    )
+    mean, se = paired_difference(a.tolist(), b.tolist(), block=64)
+    blocks = (a - b).reshape(10, 64).mean(1)  # 10 block means, by hand
+    assert mean == pytest.approx((a - b).mean().item())
+    assert se == pytest.approx(math.sqrt(((blocks - blocks.mean()) ** 2).sum().item() / 9 / 10))
+    with pytest.raises(ValueError, match="at least 128 tokens"):
+        paired_difference([1.0] * 100, [0.0] * 100)
+
+
+def test_evaluation_keeps_every_token(model, windows):
+    other = tiny_llama(seed=1)
+    result = evaluate(other, windows, model, progress=False)
+    assert len(result.token_nll) == len(result.token_kl) == result.n_tokens
+    assert math.exp(sum(result.token_nll) / result.n_tokens) == pytest.approx(result.ppl)
+    assert sum(result.token_kl) / result.n_tokens == pytest.approx(result.kl)

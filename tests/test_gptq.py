@@ -6,7 +6,9 @@ import torch
 from tiny_models import tiny_llama
 
 from qviz import gptq as gptq_module
-from qviz.gptq import Hessian, gptq_quantize, output_error
+from qviz.calib.hessian import Hessian
+from qviz.calib.report import output_error
+from qviz.gptq import gptq_quantize
 from qviz.quant import QuantSpec, choose_qparams, dequantize, fake_quantize, quantize
 
 
@@ -34,7 +36,10 @@ def hessian(X):
 
 def reference_gptq(W, H, spec, damp=0.01, act_order=False, static_groups=False):
     """The unblocked OBQ-style loop, written independently: explicit (H + λI)⁻¹, updated after every column
-    by removing that column (Hinv -= Hinv[:, c] Hinv[c, :] / Hinv[c, c]), no Cholesky, no lazy batches."""
+    by removing that column (Hinv -= Hinv[:, c] Hinv[c, :] / Hinv[c, c]), no Cholesky, no lazy batches.
+    Groups as in the GPTQ reference: static ones are the original columns [k·g, (k+1)·g) with qparams from
+    the original W; dynamic ones are g consecutive columns in processing order, their qparams chosen from
+    the current W when the first of them is reached. Returns (Q, g_idx)."""
     W, H = W.double().clone(), H.double().clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
@@ -43,22 +48,25 @@ def reference_gptq(W, H, spec, damp=0.01, act_order=False, static_groups=False):
     Hinv = torch.linalg.inv(H + damp * torch.diag(H).mean() * torch.eye(columns, dtype=H.dtype))
     order = torch.argsort(torch.diag(H), descending=True, stable=True) if act_order else torch.arange(columns)
     gs = spec.group_size if spec.granularity == "group" else columns
+    dynamic = spec.granularity == "group" and not static_groups
+    g_idx = torch.zeros(columns, dtype=torch.long)
     params = {}  # group k -> (scale, zero_point), each (rows, 1) or (1, 1)
-    if spec.granularity != "group" or static_groups:
+    if not dynamic:
         s, z = choose_qparams(W, spec)
         params = {k: (s[:, k : k + 1], z[:, k : k + 1]) for k in range(s.shape[1])}
     granularity = "tensor" if spec.granularity == "tensor" else "channel"
     column_spec = QuantSpec(bits=spec.bits, symmetric=spec.symmetric, granularity=granularity)
     Q = torch.zeros_like(W)
-    for c in order.tolist():
-        k = c // gs
+    for position, c in enumerate(order.tolist()):
+        k = position // gs if dynamic else c // gs
         if k not in params:
-            params[k] = choose_qparams(W[:, k * gs : (k + 1) * gs], spec)
+            params[k] = choose_qparams(W[:, order[position : position + gs]], spec)
+        g_idx[c] = k
         q = dequantize(quantize(W[:, c : c + 1], column_spec, *params[k]))[:, 0]
         Q[:, c] = q
         W -= torch.outer((W[:, c] - q) / Hinv[c, c], Hinv[c, :])
         Hinv -= torch.outer(Hinv[:, c], Hinv[c, :]) / Hinv[c, c]
-    return Q
+    return Q, g_idx
 
 
 SPECS = [
@@ -68,14 +76,22 @@ SPECS = [
 
 
 @pytest.mark.parametrize("block_size", [1, 7, 128])
-@pytest.mark.parametrize("act_order", [False, True], ids=["natural", "act_order"])
+@pytest.mark.parametrize(
+    "act_order, static_groups",
+    [(False, False), (True, False), (True, True)],
+    ids=["natural", "act_order", "act_order-static"],
+)
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
-def test_blocked_matches_unblocked_reference(spec, act_order, block_size):
+def test_blocked_matches_unblocked_reference(spec, act_order, static_groups, block_size):
     W, X = random_layer(seed=block_size)
     H = hessian(X)
-    result = gptq_quantize(W, H, spec, block_size=block_size, act_order=act_order)
-    expected = reference_gptq(W, H, spec, act_order=act_order)
+    result = gptq_quantize(
+        W, H, spec, block_size=block_size, act_order=act_order, static_groups=static_groups
+    )
+    expected, g_idx = reference_gptq(W, H, spec, act_order=act_order, static_groups=static_groups)
     torch.testing.assert_close(result.Q, expected, rtol=0, atol=1e-9)
+    assert torch.equal(result.g_idx, g_idx)
+    assert torch.equal(dequantize(result.quantized_tensor()), result.Q)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +109,7 @@ def test_other_options_match_reference(spec, static_groups):
     H = hessian(X)
     for act_order in (False, True):
         result = gptq_quantize(W, H, spec, block_size=5, act_order=act_order, static_groups=static_groups)
-        expected = reference_gptq(W, H, spec, act_order=act_order, static_groups=static_groups)
+        expected, _ = reference_gptq(W, H, spec, act_order=act_order, static_groups=static_groups)
         torch.testing.assert_close(result.Q, expected, rtol=0, atol=1e-9)
 
 
@@ -167,17 +183,6 @@ def test_beats_rtn_on_planted_outlier_channels(spec, act_order):
     assert gptq_err < 0.5 * rtn_err  # measured: 0.12-0.16
 
 
-def test_hessian_running_average_equals_one_shot():
-    _, X = random_layer(tokens=300, seed=2)
-    h = Hessian(48, dtype=torch.float64)
-    for chunk in X.split([1, 99, 200]):
-        h.add_batch(chunk)
-    h.add_batch(X[:10].reshape(2, 5, 48))  # (batch, seq, features) is flattened to tokens
-    Xall = torch.cat([X, X[:10]])
-    torch.testing.assert_close(h.H, hessian(Xall))
-    assert h.n_tokens == 310
-
-
 def test_dead_inputs():
     W, X = random_layer(seed=4)
     X[:, [0, 5, 47]] = 0
@@ -210,7 +215,6 @@ def test_cholesky_failure_retries_with_larger_damping():
         ((8, 16), (16, 8), {}, "H must be"),
         ((8, 16), (16, 16), {"block_size": 0}, "block_size"),
         ((8, 16), (16, 16), {"damp": -1.0}, "damp"),
-        ((8, 16), (16, 16), {"static_groups": True}, "static_groups"),
         ((8, 12), (12, 12), {"spec": QuantSpec(bits=4, group_size=8)}, "does not divide"),
     ],
 )
@@ -229,25 +233,6 @@ def test_bad_values():
         gptq_quantize(torch.randn(4, 16), H * float("nan"), spec)
     with pytest.raises(ValueError, match="no calibration tokens"):
         gptq_quantize(torch.randn(4, 16), torch.zeros(16, 16), spec)
-    h = Hessian(16)
-    with pytest.raises(ValueError, match="no calibration tokens"):
-        _ = h.H
-    with pytest.raises(ValueError, match="no tokens"):
-        h.add_batch(torch.zeros(0, 16))
-    with pytest.raises(ValueError, match="NaN"):
-        h.add_batch(torch.full((2, 16), float("nan")))
-    with pytest.raises(ValueError, match="features"):
-        h.add_batch(torch.zeros(2, 8))
-    # One bad value among good ones is found (from diag(XᵀX)), and a refused batch changes nothing.
-    X = torch.randn(5, 16)
-    h.add_batch(X)
-    before = h.H.clone()
-    for bad in (float("nan"), float("inf"), -float("inf")):
-        Y = torch.randn(7, 16)
-        Y[3, 11] = bad
-        with pytest.raises(ValueError, match="NaN or Inf"):
-            h.add_batch(Y)
-        assert h.n_tokens == 5 and torch.equal(h.H, before)
 
 
 # --- whole models through the layer-by-layer driver -----------------------------------------------------------
@@ -261,7 +246,7 @@ def test_quantize_model_first_layer_matches_gptq_quantize(act_order, true_sequen
     (true_sequential), or all with H from the float layer: written out here the slow way, re-running the
     whole layer before each group (collect_hessians)."""
     from qviz.arch import decoder_layers, family_of, input_groups, linear_layers
-    from qviz.calib import capture_layer_inputs, collect_hessians
+    from qviz.calib.capture import capture_layer_inputs, collect_hessians
 
     ids = torch.randint(0, 128, (6, 16), generator=torch.Generator().manual_seed(1))
     spec = QuantSpec(bits=3, group_size=16)
@@ -277,14 +262,20 @@ def test_quantize_model_first_layer_matches_gptq_quantize(act_order, true_sequen
             linear.weight.data = gptq_quantize(linear.weight, hessians[name].H, spec, act_order=act_order).Q
 
     model = tiny_llama()
-    rows = gptq_module.quantize_model(
+    result = gptq_module.quantize_model(
         model, spec, ids, act_order=act_order, true_sequential=true_sequential, batch_size=4, progress=False
     )
     quantized = linear_layers(decoder_layers(model)[0], family_of(model))
     for name, linear in linears.items():
         assert (quantized[name].weight == linear.weight).float().mean() > 0.99, name
-    assert len(rows) == 14
-    for row in rows:  # GPTQ beats plain rounding on the calibration inputs, linear by linear
+        # the result holds the very codes the model computes with
+        assert torch.equal(dequantize(result.linears[f"model.layers.0.{name}"]), quantized[name].weight)
+    assert len(result.rows) == 14 and len(result.linears) == 14 and not result.float_tensors
+    assert result.method == "gptq" and result.spec == spec
+    assert result.options == dict(
+        damp=0.01, block_size=128, act_order=act_order, static_groups=True, true_sequential=true_sequential
+    )
+    for row in result.rows:  # GPTQ beats plain rounding on the calibration inputs, linear by linear
         assert row["output_rel_error"] < row["rtn_output_rel_error"], (row["layer"], row["linear"])
 
 
@@ -318,7 +309,9 @@ def test_smollm2_gptq_beats_rtn(smollm2):
 def test_gptq_method_options_are_validated():
     with pytest.raises(ValueError, match="block_size"):
         gptq_module.GPTQ(QuantSpec(bits=4), block_size=0)
-    with pytest.raises(ValueError, match="static_groups"):
+    with pytest.raises(ValueError, match="damp"):
         gptq_module.quantize_model(
-            tiny_llama(), QuantSpec(bits=4), torch.zeros(1, 4, dtype=torch.long), static_groups=True
+            tiny_llama(), QuantSpec(bits=4), torch.zeros(1, 4, dtype=torch.long), damp=-1
         )
+    with pytest.raises(ValueError, match="calibration windows"):
+        gptq_module.quantize_model(tiny_llama(), QuantSpec(bits=4), None)

@@ -7,7 +7,6 @@ import torch
 
 import qviz.pack
 from qviz.pack import (
-    dequantize_gidx,
     pack_awq,
     pack_bits,
     pack_compressed_tensors,
@@ -90,7 +89,7 @@ def test_gptq_zero_point_zero_wraps():
     with pytest.warns(UserWarning, match="zero point of 0"):
         t = pack_gptq(qt)
     assert u32(t["qzeros"]) == [0xFFFFFFFF]
-    assert unpack_gptq(t, 4, symmetric=False)[0].zero_point.eq(0).all()
+    assert unpack_gptq(t, 4, symmetric=False).zero_point.eq(0).all()
 
 
 def test_awq_golden_nibble_order():
@@ -135,7 +134,8 @@ def _assert_same(a: QuantizedTensor, b: QuantizedTensor):
 @pytest.mark.parametrize("spec", SPECS)
 def test_gptq_round_trip(spec):
     qt = _qt(spec)
-    back, g_idx = unpack_gptq(pack_gptq(qt), spec.bits, spec.symmetric)
+    back = unpack_gptq(pack_gptq(qt), spec.bits, spec.symmetric)
+    g_idx = back.g_idx
     _assert_same(qt, back)
     assert g_idx is None and back.spec.group_size == spec.group_size
 
@@ -155,7 +155,7 @@ def test_awq_round_trip(symmetric, group_size):
 
 def test_tensor_granularity_is_stored_per_row():
     qt = _qt(QuantSpec(bits=4, granularity="tensor"))
-    back, _ = unpack_gptq(pack_gptq(qt), 4, True)
+    back = unpack_gptq(pack_gptq(qt), 4, True)
     assert back.scale.shape == (64, 1)
     assert torch.equal(
         dequantize(back),
@@ -164,12 +164,16 @@ def test_tensor_granularity_is_stored_per_row():
 
 
 def test_gptq_act_order_g_idx_round_trip():
-    qt = _qt(QuantSpec(bits=4, symmetric=False, group_size=32))
-    g_idx = torch.randperm(128, generator=torch.Generator().manual_seed(1)) // 32
-    back, g_back = unpack_gptq(pack_gptq(qt, g_idx=g_idx), 4, False)
-    assert torch.equal(g_back, g_idx.int())
-    expected = (qt.codes - qt.zero_point[:, g_idx]) * qt.scale.half().float()[:, g_idx]
-    assert torch.equal(dequantize_gidx(back, g_back), expected.half())  # dtype: fp16 by default
+    plain = _qt(QuantSpec(bits=4, symmetric=False, group_size=32))
+    g_idx = (torch.randperm(128, generator=torch.Generator().manual_seed(1)) // 32).int()
+    qt = QuantizedTensor(plain.codes, plain.scale, plain.zero_point, plain.spec, plain.dtype, g_idx)
+    back = unpack_gptq(pack_gptq(qt), 4, False)
+    assert torch.equal(back.g_idx, g_idx)
+    expected = (qt.codes - qt.zero_point[:, g_idx.long()]) * qt.scale.half().float()[:, g_idx.long()]
+    assert torch.equal(dequantize(back), expected.half())  # dtype: fp16 by default
+    for pack in (pack_compressed_tensors, pack_awq):  # layouts with contiguous groups only
+        with pytest.raises(ValueError, match="g_idx"):
+            pack(qt)
 
 
 def test_unpack_bits_round_trip_any_dim():

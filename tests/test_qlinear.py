@@ -15,10 +15,13 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tiny_models import tiny_gemma3, tiny_llama, tiny_opt  # noqa: E402
 from torch import nn  # noqa: E402
 
+from qviz import awq, gptq, rtn  # noqa: E402
 from qviz.qlinear import QuantLinear, quantize_linears, triton_available, weight_bytes  # noqa: E402
-from qviz.quant import QuantSpec, fake_quantize, quantize  # noqa: E402
+from qviz.quant import QuantizedTensor, QuantSpec, fake_quantize, quantize  # noqa: E402
+from qviz.result import QuantResult  # noqa: E402
 
 IN_TRITON_CHILD = os.environ.get("QVIZ_TRITON_CHILD") == "1"
 needs_triton = pytest.mark.skipif(
@@ -144,9 +147,10 @@ def test_triton_split_k_sums_slices_of_k(split_k):
 def test_triton_follows_act_order_g_idx():
     spec = QuantSpec(bits=4, symmetric=False, group_size=32)
     lin = _linear()
-    qt = quantize(lin.weight.detach(), spec)
+    plain = quantize(lin.weight.detach(), spec)
     g_idx = (torch.randperm(256, generator=torch.Generator().manual_seed(0)) // 32).int()
-    ql = QuantLinear.from_quantized(qt, lin.bias, g_idx=g_idx, backend="triton")
+    qt = QuantizedTensor(plain.codes, plain.scale, plain.zero_point, spec, plain.dtype, g_idx)
+    ql = QuantLinear.from_quantized(qt, lin.bias, backend="triton")
     w = (qt.codes - qt.zero_point[:, g_idx.long()]) * qt.scale[:, g_idx.long()]
     x = torch.randn(4, 256)
     torch.testing.assert_close(ql(x), nn.functional.linear(x, w, lin.bias), atol=1e-4, rtol=0)
@@ -167,34 +171,42 @@ def test_backend_choice_and_errors():
         QuantLinear.from_linear(_linear(n=24), QuantSpec(bits=4, group_size=64), backend="torch_int4")
 
 
-class TinyDecoder(nn.Module):
-    """Two 'decoder layers' in a ModuleList plus an lm_head outside it, like a causal LM."""
+def tiny_decoder_result(spec, layers=(0, 1)):
+    """A torch.nn model with two 'decoder layers' (a ModuleList) and an lm_head outside it, and a hand-made
+    QuantResult (RTN codes) for the linears of `layers`."""
 
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.layers = nn.ModuleList(
-            nn.ModuleDict({"up": nn.Linear(128, 256), "down": nn.Linear(256, 128, bias=False)})
-            for _ in range(2)
-        )
-        self.lm_head = nn.Linear(128, 64, bias=False)
+    class TinyDecoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.layers = nn.ModuleList(
+                nn.ModuleDict({"up": nn.Linear(128, 256), "down": nn.Linear(256, 128, bias=False)})
+                for _ in range(2)
+            )
+            self.lm_head = nn.Linear(128, 64, bias=False)
 
-    def forward(self, x):
-        for layer in self.layers:
-            x = x + layer["down"](torch.relu(layer["up"](x)))
-        return self.lm_head(x)
+        def forward(self, x):
+            for layer in self.layers:
+                x = x + layer["down"](torch.relu(layer["up"](x)))
+            return self.lm_head(x)
 
-
-def test_quantize_linears_swaps_decoder_linears_only_and_shrinks_bytes():
-    spec = QuantSpec(bits=4, group_size=128)
     model = TinyDecoder()
-    fake = TinyDecoder()
-    for name, m in fake.named_modules():
-        if isinstance(m, nn.Linear) and name.startswith("layers"):
-            m.weight.data = fake_quantize(m.weight.data, spec)
+    linears = {
+        f"layers.{i}.{n}": quantize(model.layers[i][n].weight.detach(), spec)
+        for i in layers
+        for n in ("up", "down")
+    }
+    return model, QuantResult("rtn", spec, linears)
+
+
+def test_quantize_linears_swaps_the_results_linears_and_shrinks_bytes():
+    spec = QuantSpec(bits=4, group_size=128)
+    model, result = tiny_decoder_result(spec)
+    fake, _ = tiny_decoder_result(spec)
+    result.apply(fake)
     linear_bytes = sum(m.weight.numel() * 4 for m in model.layers.modules() if isinstance(m, nn.Linear))
     before = weight_bytes(model)
-    quantize_linears(model, spec, backend="reference")
+    quantize_linears(model, result, backend="reference")
     assert isinstance(model.layers[0]["up"], QuantLinear) and type(model.lm_head) is nn.Linear
     x = torch.randn(3, 128)
     assert torch.equal(model(x), fake(x))
@@ -203,34 +215,88 @@ def test_quantize_linears_swaps_decoder_linears_only_and_shrinks_bytes():
     assert saved == pytest.approx(linear_bytes * (1 - 4.25 / 32), rel=0.01)
 
 
-def test_quantize_linears_from_results_mapping():
+def test_quantize_linears_takes_only_a_fitting_result():
     spec = QuantSpec(bits=4, symmetric=False, group_size=64)
-    model = TinyDecoder()
-    results = {"layers.1.up": quantize(model.layers[1]["up"].weight.detach(), spec)}
-    quantize_linears(model, results)
+    model, result = tiny_decoder_result(spec, layers=(1,))
+    quantize_linears(model, result)
     assert isinstance(model.layers[1]["up"], QuantLinear) and type(model.layers[0]["up"]) is nn.Linear
     with pytest.raises(ValueError, match="not an nn.Linear"):
-        quantize_linears(model, {"layers.1.up": results["layers.1.up"]})
+        quantize_linears(model, result)  # already packed
+    with pytest.raises(ValueError, match="QuantResult"):
+        quantize_linears(model, result.linears)
+    other = QuantResult("rtn", spec, {"layers.7.up": next(iter(result.linears.values()))})
+    with pytest.raises(ValueError, match="does not have"):
+        quantize_linears(model, other)
+
+
+def _windows(n=4, seq=24):
+    return torch.randint(0, 128, (n, seq), generator=torch.Generator().manual_seed(0))
+
+
+_METHODS = {
+    "rtn": (QuantSpec(bits=4, group_size=32), lambda m, s: rtn.quantize_model(m, s, progress=False)),
+    "gptq-natural-asym": (
+        QuantSpec(bits=4, symmetric=False, group_size=32),
+        lambda m, s: gptq.quantize_model(m, s, _windows(), act_order=False, progress=False),
+    ),
+    "gptq-actorder-sym": (
+        QuantSpec(bits=4, group_size=32),
+        lambda m, s: gptq.quantize_model(m, s, _windows(), progress=False),
+    ),
+    "gptq-actorder-dynamic-asym": (
+        QuantSpec(bits=3, symmetric=False, group_size=32),
+        lambda m, s: gptq.quantize_model(m, s, _windows(), static_groups=False, progress=False),
+    ),
+    "awq": (
+        QuantSpec(bits=4, symmetric=False, group_size=32),
+        lambda m, s: awq.quantize_model(m, s, _windows(), awq.AWQConfig(n_grid=5), progress=False),
+    ),
+}
+
+
+@pytest.mark.parametrize("method", list(_METHODS))
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3, tiny_opt], ids=["llama", "gemma3", "opt"])
+def test_packed_model_equals_the_fake_quantized_model(make, method):
+    """Every method's result, packed into a FRESH float model, computes exactly (torch.equal, float32) the
+    logits of the model the method quantized in place: same codes, same scales, same folded norms."""
+    spec, run = _METHODS[method]
+    fake = make()
+    result = run(fake, spec)
+    packed = quantize_linears(make(), result, backend="reference")
+    n_linears = sum(isinstance(m, QuantLinear) for m in packed.modules())
+    assert n_linears == len(result.linears) > 0
+    if method == "gptq-actorder-dynamic-asym":
+        assert any(qt.g_idx is not None for qt in result.linears.values())
+    ids = _windows(n=2)
+    with torch.no_grad():
+        assert torch.equal(packed(ids).logits, fake(ids).logits)
 
 
 @pytest.mark.slow
-def test_real_model_perplexity_same_through_quantlinear_as_fake_quantization():
-    models = pytest.importorskip("qviz.models")
-    try:
-        model, tok = models.load_model("smollm2-135m")
-        fake, _ = models.load_model("smollm2-135m")
-    except (ValueError, OSError, ImportError) as e:
-        pytest.skip(f"smollm2-135m not available offline: {e}")
-    spec = QuantSpec(bits=4, symmetric=False, group_size=64)  # 576 = 9 x 64
-    quantize_linears(model, spec, backend="reference")
-    for name, m in fake.named_modules():
-        if name in dict(model.named_modules()) and isinstance(dict(model.named_modules())[name], QuantLinear):
-            m.weight.data = fake_quantize(m.weight.data, spec)
+def test_real_model_packed_equals_fake_quantized_for_every_method(smollm2):
+    """SmolLM2 (the first 2 of its 30 layers, to keep the test short): RTN, GPTQ (act-order) and AWQ results
+    packed into a fresh copy compute the fake-quantized model's logits exactly."""
+    from qviz.data import calib_windows
+    from qviz.models import load_model
+
+    _, tok = smollm2
+    calib = calib_windows(tok, seqlen=64, n=4)
     text = "The history of the printing press begins in the fifteenth century, when movable type " * 8
-    ids = tok(text, return_tensors="pt").input_ids[:, :128]
-    with torch.no_grad():
-        nll_q = model(ids, labels=ids).loss.item()
-        nll_f = fake(ids, labels=ids).loss.item()
-    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 30 * 7
-    assert abs(nll_q - nll_f) < 1e-5
-    assert weight_bytes(model) < weight_bytes(fake)
+    ids = tok(text, return_tensors="pt").input_ids[:, :96]
+    spec = QuantSpec(bits=4, symmetric=False, group_size=64)  # 576 = 9 x 64
+    runs = {
+        "rtn": lambda m: rtn.quantize_model(m, spec, n_layers=2, progress=False),
+        "gptq": lambda m: gptq.quantize_model(m, spec, calib, n_layers=2, progress=False),
+        "awq": lambda m: awq.quantize_model(
+            m, spec, calib, awq.AWQConfig(n_grid=5), n_layers=2, progress=False
+        ),
+    }
+    for name, run in runs.items():
+        fake, _ = load_model("smollm2-135m")
+        result = run(fake)
+        packed = quantize_linears(load_model("smollm2-135m")[0], result, backend="reference")
+        assert sum(isinstance(m, QuantLinear) for m in packed.modules()) == 2 * 7, name
+        with torch.no_grad():
+            assert torch.equal(packed(ids).logits, fake(ids).logits), name
+        assert weight_bytes(packed) < weight_bytes(fake)
+        del fake, packed

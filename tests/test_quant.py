@@ -17,9 +17,9 @@ from qviz.quant import (
 )
 
 SPECS = [
-    QuantSpec(bits=b, symmetric=sym, granularity=gran, group_size=gs)
+    QuantSpec(bits=b, symmetric=sym, granularity=gran, group_size=gs, restricted_range=restricted)
     for b in (2, 3, 4, 8)
-    for sym in (True, False)
+    for sym, restricted in ((True, False), (True, True), (False, False))
     for gran, gs in (("tensor", None), ("channel", None), ("group", 16))
 ]
 
@@ -31,13 +31,32 @@ def spec_id(spec):
 # --- golden values -------------------------------------------------------------------------------------------
 
 
-def test_golden_symmetric_int4_per_tensor():
-    w = torch.tensor([-1.4, 0.0, 0.7, 0.3])
+def test_golden_symmetric_int4_per_tensor_full_range():
+    # absmax 7.5 spread over all 16 codes: scale = 2·7.5 / 15 = 1; -7.5 -> -8 and 3.5 -> 4 (halves to even)
+    w = torch.tensor([-7.5, 0.0, 3.5, 1.5, 7.5])
     qt = quantize(w, QuantSpec(bits=4, symmetric=True, granularity="tensor", group_size=None))
+    assert qt.scale.item() == 1.0
+    assert qt.codes.tolist() == [-8, 0, 4, 2, 7]  # +7.5 -> 8 is clamped to qmax 7: an error of half a step
+    assert qt.zero_point.item() == 0
+    assert dequantize(qt).tolist() == [-8.0, 0.0, 4.0, 2.0, 7.0]
+
+
+def test_golden_symmetric_int4_per_tensor_restricted():
+    w = torch.tensor([-1.4, 0.0, 0.7, 0.3])
+    spec = QuantSpec(bits=4, symmetric=True, granularity="tensor", restricted_range=True)
+    qt = quantize(w, spec)
     assert qt.codes.tolist() == [-7, 0, 4, 2]  # 0.7/0.2 = 3.5 -> 4 (round half to even), 0.3/0.2 = 1.5 -> 2
     assert qt.scale.item() == pytest.approx(0.2)
     assert qt.zero_point.item() == 0
     assert dequantize(qt).tolist() == pytest.approx([-1.4, 0.0, 0.8, 0.4])
+    assert spec.label == "INT4 sym±7 per-tensor"
+
+
+def test_restricted_range_is_symmetric_only():
+    with pytest.raises(ValueError, match="symmetric grids only"):
+        QuantSpec(bits=4, symmetric=False, restricted_range=True)
+    with pytest.raises(ValueError, match="restricted_range"):
+        QuantSpec(bits=4, restricted_range="yes")
 
 
 def test_golden_asymmetric_int2_per_channel():
@@ -52,7 +71,7 @@ def test_golden_asymmetric_int2_per_channel():
 
 def test_golden_int8_per_group_shapes():
     w = torch.arange(24, dtype=torch.float32).reshape(2, 12) - 5
-    spec = QuantSpec(bits=8, symmetric=True, granularity="group", group_size=4)
+    spec = QuantSpec(bits=8, symmetric=True, granularity="group", group_size=4, restricted_range=True)
     scale, zero_point = choose_qparams(w, spec)
     assert scale.shape == zero_point.shape == (2, 3)
     # group [-5,-4,-3,-2] has absmax 5 -> scale 5/127
@@ -64,8 +83,8 @@ def test_clip_ratio_clips_the_outlier():
     w = torch.tensor([-1.0, -0.5, 0.0, 0.5, 10.0])
     spec = QuantSpec(bits=4, symmetric=True, granularity="tensor", group_size=None, clip_ratio=0.5)
     qt = quantize(w, spec)
-    assert qt.scale.item() == pytest.approx(5.0 / 7)
-    assert qt.codes.tolist()[-1] == 7  # 10 / (5/7) = 14 is clipped to qmax
+    assert qt.scale.item() == pytest.approx(5.0 / 7.5)
+    assert qt.codes.tolist()[-1] == 7  # 10 / (5/7.5) = 15 is clipped to qmax
 
 
 def test_mse_clip_never_worse_than_no_clip():
@@ -90,7 +109,7 @@ def test_values_on_the_grid_round_trip_exactly(spec):
     assert torch.equal(fake_quantize(w, spec), w_hat)
     # w_hat lies on the grid: quantizing it with the same qparams gives back the same codes, exactly
     assert torch.equal(quantize(w_hat, spec, qt.scale, qt.zero_point).codes, qt.codes)
-    if spec.symmetric:  # the absmax element lands on ±qmax, so w_hat even picks the same grid again
+    if spec.restricted_range:  # the absmax element lands on ±qmax, so w_hat even picks the same grid again
         assert torch.equal(fake_quantize(w_hat, spec), w_hat)
     assert qt.codes.min() >= spec.qmin and qt.codes.max() <= spec.qmax
 

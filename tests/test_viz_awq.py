@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from qviz import awq, viz
+from qviz.awq_scale import mean_abs
 from qviz.quant import QuantSpec
+from qviz.viz import awq as viz
 
 
 def _layer(seed=0):
@@ -24,13 +25,13 @@ def _titled(fig):
 def test_channels_marks_the_top_activations():
     W, X = _layer()
     W[:, 9] *= 50  # the largest weight column is not a salient channel
-    data = viz.awq_channels_data(awq.mean_abs(X), W, salient=0.02)
+    data = viz.awq_channels_data(mean_abs(X), W, salient=0.02)
     assert data["k"] == 3 and data["salient"].sum() == 3
     assert data["salient"][[5, 77]].all() and not data["salient"][9]
     assert data["weight"].argmax() == 9
     assert _titled(viz.awq_channels_figure(data, name="toy"))
     with pytest.raises(ValueError):
-        viz.awq_channels_data(awq.mean_abs(X), W.T)
+        viz.awq_channels_data(mean_abs(X), W.T)
 
 
 def test_alpha_loss_curves_are_relative_to_rtn():

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from qviz import viz
+from qviz.viz import gpu as viz
 from qviz.viz.gpu import bandwidth_rows
 
 BYTES = {

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from qviz import viz, widgets
 from qviz.exercises import nb03
 from qviz.quant import QuantSpec, fake_quantize, sqnr_db
-from qviz.stats import ChannelStats
+from qviz.stats import ChannelStats, layer_error
+from qviz.viz import model as viz
+from qviz.widgets.model import LayerExplorer
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +20,14 @@ def layer():
 def test_layer_error_weighting(layer):
     w, mean_abs = layer
     spec = QuantSpec(bits=4, group_size=32)
-    uniform = widgets.layer_error(w, torch.ones(128), spec)
+    uniform = layer_error(w, torch.ones(128), spec)
     assert uniform["weighted_sqnr_db"] == pytest.approx(uniform["weight_sqnr_db"], rel=1e-6)
     assert uniform["weight_sqnr_db"] == pytest.approx(sqnr_db(w, fake_quantize(w, spec)))
     # large weights in column 16 coarsen the grid of group 0, where the salient input channel 17 also lives:
     # column 17's small weights get large relative errors, and those are multiplied by the largest activations
     w2 = w.clone()
     w2[:, 16] *= 30
-    e = widgets.layer_error(w2, mean_abs, spec)
+    e = layer_error(w2, mean_abs, spec)
     assert e["column_error"].shape == (128,)
     assert e["column_error"][:32].mean() > 10 * e["column_error"][32:].mean()
     assert e["weighted_sqnr_db"] < e["weight_sqnr_db"] - 10
@@ -36,7 +37,7 @@ def test_layer_explorer_updates_in_place(layer):
     w, mean_abs = layer
     weights = {f"layers.{i}.mlp.down_proj": w * (i + 1) for i in range(3)}
     stats = {k: ChannelStats(mean_abs, mean_abs * 3, 100) for k in weights}
-    ex = widgets.LayerExplorer(weights, stats, title="toy")
+    ex = LayerExplorer(weights, stats, title="toy")
     fig = ex.fig
     ex.set(layer=2, bits=3, group=32)
     assert (

@@ -2,7 +2,7 @@
 
 import pytest
 
-from qviz import viz
+from qviz.viz import packing as viz
 from qviz.viz.packing import PACKING_LAYOUTS, packed_word, packing_bit_owners
 
 

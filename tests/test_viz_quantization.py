@@ -2,15 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from qviz import viz, widgets
 from qviz.quant import QuantSpec, fake_quantize, mse, sqnr_db
-from qviz.widgets.quantization import (
-    GRANULARITY_CHOICES,
-    explorer_state,
-    histogram,
-    shown_values,
-    spec_from_controls,
-)
+from qviz.viz import quantization as viz
+from qviz.viz.quantization import explorer_state, histogram, shown_values
+from qviz.widgets.quantization import GRANULARITY_CHOICES, QuantExplorer, spec_from_controls
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +57,7 @@ def test_histogram_covers_all_values(w):
 
 
 def test_explorer_updates_figure_in_place(w):
-    explorer = widgets.QuantExplorer(w, name="test weight")
+    explorer = QuantExplorer(w, name="test weight")
     assert explorer.row == 7  # the outlier row is shown by default
     fig = explorer.fig
     assert len(fig.data[1].x) == 16

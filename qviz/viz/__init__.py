@@ -1,12 +1,6 @@
-"""Plotly figure builders: pure functions, data in, `go.Figure` out.
+"""Plotly figure builders: pure functions, data in, `go.Figure` out. One submodule per concept; import from it,
+e.g. `from qviz.viz import gptq as gptq_viz` (this package re-exports nothing).
 
-One submodule per concept; everything public is re-exported here, so notebooks write `viz.weight_histogram(...)`.
+numbers (formats and their bit layouts), quantization (grids, errors, granularity), model (a real model's
+weights and activations), gptq, awq, packing (bit layouts of packed words), gpu (memory bandwidth).
 """
-
-from .awq import *  # noqa: F401,F403
-from .gptq import *  # noqa: F401,F403
-from .gpu import *  # noqa: F401,F403
-from .model import *  # noqa: F401,F403
-from .numbers import *  # noqa: F401,F403
-from .packing import *  # noqa: F401,F403
-from .quantization import *  # noqa: F401,F403

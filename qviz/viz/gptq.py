@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from qviz.calib import output_error
+from qviz.calib.report import relative_output_error
 from qviz.gptq import gptq_quantize
 from qviz.quant import QuantSpec, fake_quantize
 
@@ -155,15 +155,14 @@ def compensation_figure(data: dict, *, name: str = "layer") -> go.Figure:
 
 def column_error_data(W: torch.Tensor, H: torch.Tensor, Q_gptq: torch.Tensor, Q_rtn: torch.Tensor) -> dict:
     """Per input column, the squared weight error Σ_rows (w − q)² of GPTQ and RTN, and both totals:
-    weight MSE and relative output error ‖WX − QX‖² / ‖WX‖² (from H, see `qviz.calib.output_error`)."""
+    weight MSE and relative output error ‖WX − QX‖² / ‖WX‖² (from H, see `qviz.calib.report`)."""
     W = W.double()
-    signal = output_error(W, torch.zeros_like(W), H)
     out = dict(columns=np.arange(W.shape[1]))
     for label, Q in (("gptq", Q_gptq), ("rtn", Q_rtn)):
         E = W - Q.double()
         out[f"{label}_column"] = E.pow(2).sum(0).numpy()
         out[f"{label}_weight_mse"] = E.pow(2).mean().item()
-        out[f"{label}_output"] = output_error(W, Q, H) / signal
+        out[f"{label}_output"] = relative_output_error(W, Q, H)
     return out
 
 
@@ -266,7 +265,6 @@ def damping_data(
     library would retry with more damping). Errors are measured on `H_eval` (held-out tokens; default H).
     """
     H_eval = H if H_eval is None else H_eval
-    signal = output_error(W, torch.zeros_like(W), H_eval)
     eye = torch.eye(len(H), dtype=H.dtype, device=H.device)
     rows = []  # (factorizes, torch's message, held-out relative error, damping GPTQ used)
     for damp in damps:
@@ -278,9 +276,9 @@ def damping_data(
         with warnings.catch_warnings(record=True):  # a retry inside gptq_quantize shows up in `used`
             warnings.simplefilter("always")
             r = gptq_quantize(W, H, spec, damp=damp)
-        rows.append((True, "", output_error(W, r.Q, H_eval) / signal, r.damp))
+        rows.append((True, "", relative_output_error(W, r.Q, H_eval), r.damp))
     ok, messages, errors, used = zip(*rows)
-    rtn = output_error(W, fake_quantize(W, spec), H_eval) / signal
+    rtn = relative_output_error(W, fake_quantize(W, spec), H_eval)
     return dict(
         damps=np.array(damps, dtype=float), ok=np.array(ok), messages=list(messages),
         errors=np.array(errors), used=np.array(used), rtn=rtn,

@@ -1,7 +1,7 @@
 """Figures for affine quantization: the grid on a histogram, rounding error, error versus bit width.
 
 Each figure has a pure `*_data` function (tensors in, plain arrays out, testable without Jupyter) and a
-builder that draws it. The explorer in `qviz.widgets.quantization` reuses the same data functions.
+builder that draws it. `explorer_state` is what the explorer in `qviz.widgets.quantization` draws.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ __all__ = [
     "error_vs_bits",
     "granularity_errors",
     "row_error_profile",
+    "explorer_state",
+    "histogram",
+    "shown_values",
 ]
 
 DB_PER_BIT = 20 * math.log10(2)  # 6.02 dB: each extra bit halves the step, quartering the noise power
@@ -206,3 +209,68 @@ def row_error_profile(w: torch.Tensor, specs: list[QuantSpec], *, name: str = "w
         template="plotly_white",
     )
     return fig
+
+
+# --- the explorer's data: one weight, one spec, from one pass -------------------------------------------------
+
+
+def shown_values(w: torch.Tensor, spec: QuantSpec, row: int) -> torch.Tensor:
+    """The values whose histogram the explorer draws: the first group of `row` (all of w when per-tensor)."""
+    if spec.granularity == "tensor":
+        return w.reshape(-1)
+    return w[row, : spec.group_size or w.shape[1]]
+
+
+def histogram(values: torch.Tensor, bins: int = 80) -> tuple[np.ndarray, np.ndarray]:
+    """(bin centres, counts) over [-absmax, absmax], a range that holds every grid the explorer can draw."""
+    edge = values.abs().max().item() or 1.0
+    counts = torch.histc(values.float(), bins=bins, min=-edge, max=edge)
+    edges = np.linspace(-edge, edge, bins + 1)
+    return (edges[:-1] + edges[1:]) / 2, counts.numpy()
+
+
+def _row_errors(w, spec, scale, zero_point, rows_per_chunk: int = 64):
+    """Σ (w − ŵ)² and Σ w² of every row, a few rows at a time.
+
+    The same arithmetic as one fake_quantize over the whole matrix, but each chunk (64 rows of a 4096-wide
+    matrix: 1 MB) stays in the CPU cache through all its steps, which keeps a slider move on a 4096 × 4096
+    weight fast.
+    """
+    row_sq = torch.empty(w.shape[0], dtype=torch.float64)
+    row_signal = torch.empty(w.shape[0], dtype=torch.float64)
+    for start in range(0, w.shape[0], rows_per_chunk):
+        chunk = w[start : start + rows_per_chunk]
+        if spec.granularity == "tensor":
+            s, z = scale, zero_point
+        else:
+            s, z = scale[start : start + rows_per_chunk], zero_point[start : start + rows_per_chunk]
+        err2 = fake_quantize(chunk, spec, s, z).sub_(chunk).pow_(2)
+        row_sq[start : start + len(chunk)] = err2.sum(-1)
+        row_signal[start : start + len(chunk)] = chunk.pow(2).sum(-1)
+    return row_sq, row_signal
+
+
+def explorer_state(w: torch.Tensor, spec: QuantSpec, row: int, hist: tuple | None = None) -> dict:
+    """Everything the explorer draws for `spec`, from one pass over w (out_features, in_features).
+
+    The histogram and the grid are those of the first group of `row` (the whole tensor when per-tensor);
+    the error figures cover the whole tensor. `hist` reuses a histogram of `shown_values` computed before
+    (it does not depend on bits, symmetry or clipping).
+    """
+    scale, zero_point = choose_qparams(w, spec)
+    row_sq, row_signal = _row_errors(w, spec, scale, zero_point)
+    noise, signal = row_sq.sum().item(), row_signal.sum().item()
+    r = 0 if spec.granularity == "tensor" else row
+    s, z = scale[r, 0].item(), zero_point[r, 0].item()
+    levels = (np.arange(spec.qmin, spec.qmax + 1) - z) * s
+    centers, counts = hist if hist is not None else histogram(shown_values(w, spec, row))
+    return dict(
+        centers=centers,
+        counts=counts,
+        levels=levels,
+        clip=(float(levels[0]), float(levels[-1])),
+        row_mse=(row_sq / w.shape[1]).float().numpy(),
+        mse=noise / w.numel(),
+        sqnr_db=10 * np.log10(signal / noise) if noise > 0 else float("inf"),
+        bits_per_weight=bits_per_weight(spec, tuple(w.shape)),
+    )

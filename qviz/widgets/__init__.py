@@ -1,10 +1,4 @@
-"""ipywidgets explorers: each builds one FigureWidget once and updates it in place.
-
-One submodule per concept; everything public is re-exported here.
+"""ipywidgets explorers: each builds one FigureWidget once and updates it in place, and only draws: what it
+shows is computed by the library module of its idea. One submodule per concept; import from it, e.g.
+`from qviz.widgets.gptq import GPTQLayerExplorer` (this package re-exports nothing).
 """
-
-from .awq import *  # noqa: F401,F403
-from .gptq import *  # noqa: F401,F403
-from .model import *  # noqa: F401,F403
-from .numbers import *  # noqa: F401,F403
-from .quantization import *  # noqa: F401,F403

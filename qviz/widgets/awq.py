@@ -22,41 +22,11 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import torch
 
-from qviz.awq_clip import apply_clip, group_length
-from qviz.awq_scale import awq_scale, mean_abs, output_mse
-from qviz.quant import QuantSpec, fake_quantize
+from qviz.awq_scale import ALPHA_GRID, alpha_curve, alpha_grid, group_output_error, output_mse
+from qviz.quant import QuantSpec
 
-__all__ = ["AWQGroupExplorer", "alpha_curve", "group_output_error"]
-
-ALPHAS = tuple(i / 20 for i in range(20))  # the paper's grid 0, 0.05, ..., 0.95
+__all__ = ["AWQGroupExplorer"]
 _RTN, _AWQ, _GRAY = "#d62728", "#2ca02c", "#7f7f7f"
-
-
-@torch.no_grad()
-def group_output_error(
-    W_: torch.Tensor, X: torch.Tensor, spec: QuantSpec, alpha: float, clip_ratio: float = 1.0
-) -> float:
-    """L(α, r): output MSE of Q(clip_r(W·s))/s against W on X. W_: (out, in); X: (tokens, in).
-
-    clip_ratio r in (0, 1]: every (row, group) of W·s is clamped to ±r·(its max |w|) before rounding;
-    1 leaves W·s as it is. α = 0, r = 1 is plain RTN: `output_mse(X, W_, fake_quantize(W_, spec))`.
-    """
-    if not 0 < clip_ratio <= 1:
-        raise ValueError(f"clip_ratio must be in (0, 1], got {clip_ratio}")
-    s = awq_scale(mean_abs(X), alpha)  # (in,)
-    Ws = W_.float() * s
-    if clip_ratio < 1:
-        glen = group_length(spec, Ws.shape[1])
-        w_max = Ws.reshape(Ws.shape[0], -1, glen).abs().amax(-1)  # (out, n_groups)
-        Ws = apply_clip(Ws, w_max * clip_ratio)
-    return output_mse(X, W_, fake_quantize(Ws, spec) / s)
-
-
-def alpha_curve(
-    W_: torch.Tensor, X: torch.Tensor, spec: QuantSpec, clip_ratio: float = 1.0, alphas=ALPHAS
-) -> list[float]:
-    """L(α, r) for every α of the grid at one clip ratio r (see `group_output_error`)."""
-    return [group_output_error(W_, X, spec, a, clip_ratio) for a in alphas]
 
 
 class AWQGroupExplorer:
@@ -74,7 +44,7 @@ class AWQGroupExplorer:
     ):
         if not (isinstance(n_grid, int) and 2 <= n_grid <= 20):
             raise ValueError(f"n_grid must be an integer in [2, 20], got {n_grid!r}")
-        self.alphas = tuple(i / n_grid for i in range(n_grid))  # where the curve is drawn
+        self.alphas = alpha_grid(n_grid)  # where the curve is drawn
         self.weight = weight.detach().float().cpu()
         self.X = X.detach().reshape(-1, X.shape[-1]).float().cpu()
         self.spec, self.name = spec, name
@@ -107,7 +77,7 @@ class AWQGroupExplorer:
                         line=dict(color=_AWQ))  # fmt: skip
         fig.add_scatter(x=[0.0], y=[None], mode="markers", name="chosen α",
                         marker=dict(color="black", size=13, symbol="diamond"))  # fmt: skip
-        fig.add_scatter(x=[0.0, ALPHAS[-1]], y=[self.rtn / self.signal] * 2, mode="lines", name="RTN (α = 0, r = 1)",
+        fig.add_scatter(x=[0.0, ALPHA_GRID[-1]], y=[self.rtn / self.signal] * 2, mode="lines", name="RTN (α = 0, r = 1)",
                         line=dict(color=_RTN, dash="dash"))  # fmt: skip
         fig.update_layout(
             title=f"AWQ loss of {self.name} {tuple(self.weight.shape)}, {self.spec.label}", template="plotly_white",

@@ -2,7 +2,7 @@
 whose Hessian H = 2XXᵀ/n was computed once; each change re-runs GPTQ and RTN on that layer.
 
 The score is the relative output error ‖WX − QX‖² / ‖WX‖² on the calibration inputs, computed from H alone
-(`qviz.calib.output_error`): no activations are kept. Pick a small linear (e.g. Gemma's k_proj, 256 × 640):
+(`qviz.gptq.layer_output_errors`): no activations are kept. Pick a small linear (e.g. Gemma's k_proj, 256 × 640):
 one GPTQ pass then takes well under a second on a CPU.
 """
 
@@ -15,12 +15,10 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import torch
 
-from qviz.arch import decoder_layers, family_of, linear_layers
-from qviz.calib import LayerInputs, capture_layer_inputs, capture_linear_inputs, output_error, run_layer
-from qviz.gptq import gptq_quantize
-from qviz.quant import QuantSpec, fake_quantize
+from qviz.gptq import layer_output_errors
+from qviz.quant import QuantSpec
 
-__all__ = ["GPTQLayerExplorer", "layer_output_errors", "linear_inputs"]
+__all__ = ["GPTQLayerExplorer"]
 
 GROUP_CHOICES = ("per-channel", 32, 64, 128)
 BLOCK_CHOICES = (1, 16, 32, 64, 128)
@@ -39,55 +37,11 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-@torch.no_grad()
-def linear_inputs(model, windows, layer: int, linear: str, *, bos_token_id="auto") -> torch.Tensor:
-    """X (tokens, in_features): what the linear `linear` (e.g. "self_attn.k_proj") of decoder layer `layer`
-    reads when the float `model` runs `windows` (n, seq), BOS-prefixed as in `qviz.calib`. H = 2XᵀX/tokens.
-
-    Runs the layers before `layer` only (through `qviz.calib`'s driver functions); nothing is modified.
-    """
-    layers = decoder_layers(model)
-    if not 0 <= layer < len(layers):
-        raise ValueError(f"layer must be in [0, {len(layers) - 1}], got {layer}")
-    linears = linear_layers(layers[layer], family_of(model))
-    if linear not in linears:
-        raise ValueError(f"unknown linear {linear!r}; layer {layer} has {sorted(linears)}")
-    inputs, kwargs = capture_layer_inputs(model, windows, bos_token_id=bos_token_id)
-    hidden = inputs.hidden
-    for index in range(layer):  # the float layers before it: (batch, seq, hidden) per call
-        hidden = run_layer(layers[index], LayerInputs(hidden, kwargs[index]))
-    captured = []
-    capture_linear_inputs(
-        layers[layer], {linear: linears[linear]}, LayerInputs(hidden, kwargs[layer]),
-        lambda name, X: captured.append(X.detach().clone()),
-    )  # fmt: skip
-    return torch.cat(captured)
-
-
-def layer_output_errors(
-    W_: torch.Tensor,
-    H: torch.Tensor,
-    spec: QuantSpec,
-    *,
-    damp: float = 0.01,
-    block_size: int = 128,
-    act_order: bool = False,
-) -> dict:
-    """Relative output error ‖WX − QX‖² / ‖WX‖² of GPTQ and of RTN for one weight W_ (out, in) under `spec`,
-    with H (in, in) the Hessian of its calibration inputs. Also the damping GPTQ finally used."""
-    signal = output_error(W_, torch.zeros_like(W_), H)
-    r = gptq_quantize(W_, H, spec, damp=damp, block_size=block_size, act_order=act_order)
-    return dict(
-        gptq=output_error(W_, r.Q, H) / signal,
-        rtn=output_error(W_, fake_quantize(W_, spec), H) / signal,
-        damp=r.damp,
-    )
-
-
 class GPTQLayerExplorer:
     """Sliders on one cached layer. weight: (out_features, in_features); H: (in_features, in_features).
 
-    `state` holds the last computation (the dict of `layer_output_errors`, plus "spec" and "seconds").
+    `state` holds the last computation (the dict of `qviz.gptq.layer_output_errors`, plus "spec" and
+    "seconds"). Captures X with `qviz.calib.capture.linear_inputs`.
     """
 
     def __init__(self, weight: torch.Tensor, H: torch.Tensor, name: str = "layer"):
@@ -101,7 +55,7 @@ class GPTQLayerExplorer:
             value=0.01, base=10, min=-4, max=0, step=0.5, description="damp", readout_format=".0e", **style
         )
         self.block = W.Dropdown(options=BLOCK_CHOICES, value=128, description="block size")
-        self.act_order = W.Checkbox(value=False, description="act-order")
+        self.act_order = W.Checkbox(value=True, description="act-order")
         self.summary = W.HTML()
         self.fig = self._build()
         for control in self.controls:

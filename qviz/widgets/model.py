@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import ipywidgets as W
 import numpy as np
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from qviz.quant import QuantSpec, fake_quantize, sqnr_db
+from qviz.quant import QuantSpec
+from qviz.stats import layer_error
 
-__all__ = ["LayerExplorer", "layer_error"]
-
-
-def layer_error(w: torch.Tensor, mean_abs: torch.Tensor, spec: QuantSpec) -> dict:
-    """Weight SQNR, and an activation-weighted SQNR that counts each column's error by its input's size.
-
-    The output of a linear is y = W x. With E = W − Ŵ, a column j contributes to the output error in proportion
-    to |x_j|, so Σ_j m_j² ‖E[:, j]‖² / Σ_j m_j² ‖W[:, j]‖² (m_j = mean |x_j|) estimates how much of the *output*
-    is noise; errors in high-activation columns weigh most.
-    """
-    e2 = (fake_quantize(w, spec) - w).pow(2).sum(0)  # (in_features,) squared error per column
-    w2 = w.pow(2).sum(0)
-    m2 = mean_abs.float().pow(2)
-    noise, signal = (m2 * e2).sum().item(), (m2 * w2).sum().item()
-    return dict(
-        weight_sqnr_db=sqnr_db(w, fake_quantize(w, spec)),
-        weighted_sqnr_db=10 * math.log10(signal / noise) if noise > 0 else float("inf"),
-        column_error=e2.numpy(),
-    )
+__all__ = ["LayerExplorer"]
 
 
 class LayerExplorer:
@@ -92,8 +73,8 @@ class LayerExplorer:
             return
         err = layer_error(w, stats.mean_abs, spec)
         with self.fig.batch_update():
-            self.fig.data[0].x, self.fig.data[0].y = channels, stats.mean_abs.numpy()
-            self.fig.data[1].x, self.fig.data[1].y = channels, err["column_error"]
+            self.fig.data[0].x, self.fig.data[0].y = channels.tolist(), stats.mean_abs.tolist()
+            self.fig.data[1].x, self.fig.data[1].y = channels.tolist(), err["column_error"].tolist()
             self.fig.layout.title.text = f"{self.title}: {self.key} {tuple(w.shape)}, {spec.label}"
         ratio = stats.mean_abs.max().item() / stats.mean_abs.median().item()
         self.summary.value = (

@@ -1,26 +1,21 @@
 """The quantization explorer: sliders for bits, granularity, symmetry and clipping over one weight matrix.
 
-The figure is built once; every change of a control recomputes the pure `explorer_state` (tensors in,
-arrays out) and writes it into the existing traces inside `fig.batch_update()`.
+The figure is built once; every change of a control recomputes `qviz.viz.quantization.explorer_state`
+(tensors in, arrays out) and writes it into the existing traces inside `fig.batch_update()`, as lists:
+plotly compares a trace's old and new values, and numpy arrays there raise "truth value of an array is
+ambiguous" into JupyterLab's log.
 """
 
 from __future__ import annotations
 
 import ipywidgets as W
-import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from qviz.quant import QuantSpec, bits_per_weight, choose_qparams, fake_quantize
+from qviz.quant import QuantSpec
+from qviz.viz.quantization import explorer_state, histogram, shown_values
 
-__all__ = [
-    "explorer_state",
-    "shown_values",
-    "histogram",
-    "spec_from_controls",
-    "QuantExplorer",
-    "GRANULARITY_CHOICES",
-]
+__all__ = ["spec_from_controls", "QuantExplorer", "GRANULARITY_CHOICES"]
 
 GRANULARITY_CHOICES = ["per-tensor", "per-channel", "group 32", "group 64", "group 128"]
 
@@ -32,68 +27,6 @@ def spec_from_controls(bits: int, granularity: str, symmetric: bool, clip_ratio:
             bits=bits, symmetric=symmetric, group_size=int(granularity.split()[1]), clip_ratio=clip_ratio
         )
     return QuantSpec(bits=bits, symmetric=symmetric, granularity=granularity[4:], clip_ratio=clip_ratio)
-
-
-def shown_values(w: torch.Tensor, spec: QuantSpec, row: int) -> torch.Tensor:
-    """The values whose histogram the explorer draws: the first group of `row` (all of w when per-tensor)."""
-    if spec.granularity == "tensor":
-        return w.reshape(-1)
-    return w[row, : spec.group_size or w.shape[1]]
-
-
-def histogram(values: torch.Tensor, bins: int = 80) -> tuple[np.ndarray, np.ndarray]:
-    """(bin centres, counts) over [-absmax, absmax], a range that holds every grid the explorer can draw."""
-    edge = values.abs().max().item() or 1.0
-    counts = torch.histc(values.float(), bins=bins, min=-edge, max=edge)
-    edges = np.linspace(-edge, edge, bins + 1)
-    return (edges[:-1] + edges[1:]) / 2, counts.numpy()
-
-
-def _row_errors(w, spec, scale, zero_point, rows_per_chunk: int = 64):
-    """Σ (w − ŵ)² and Σ w² of every row, a few rows at a time.
-
-    The same arithmetic as one fake_quantize over the whole matrix, but each chunk (64 rows of a 4096-wide
-    matrix: 1 MB) stays in the CPU cache through all its steps, which keeps a slider move on a 4096 × 4096
-    weight fast.
-    """
-    row_sq = torch.empty(w.shape[0], dtype=torch.float64)
-    row_signal = torch.empty(w.shape[0], dtype=torch.float64)
-    for start in range(0, w.shape[0], rows_per_chunk):
-        chunk = w[start : start + rows_per_chunk]
-        if spec.granularity == "tensor":
-            s, z = scale, zero_point
-        else:
-            s, z = scale[start : start + rows_per_chunk], zero_point[start : start + rows_per_chunk]
-        err2 = fake_quantize(chunk, spec, s, z).sub_(chunk).pow_(2)
-        row_sq[start : start + len(chunk)] = err2.sum(-1)
-        row_signal[start : start + len(chunk)] = chunk.pow(2).sum(-1)
-    return row_sq, row_signal
-
-
-def explorer_state(w: torch.Tensor, spec: QuantSpec, row: int, hist: tuple | None = None) -> dict:
-    """Everything the explorer draws for `spec`, from one pass over w (out_features, in_features).
-
-    The histogram and the grid are those of the first group of `row` (the whole tensor when per-tensor);
-    the error figures cover the whole tensor. `hist` reuses a histogram of `shown_values` computed before
-    (it does not depend on bits, symmetry or clipping).
-    """
-    scale, zero_point = choose_qparams(w, spec)
-    row_sq, row_signal = _row_errors(w, spec, scale, zero_point)
-    noise, signal = row_sq.sum().item(), row_signal.sum().item()
-    r = 0 if spec.granularity == "tensor" else row
-    s, z = scale[r, 0].item(), zero_point[r, 0].item()
-    levels = (np.arange(spec.qmin, spec.qmax + 1) - z) * s
-    centers, counts = hist if hist is not None else histogram(shown_values(w, spec, row))
-    return dict(
-        centers=centers,
-        counts=counts,
-        levels=levels,
-        clip=(float(levels[0]), float(levels[-1])),
-        row_mse=(row_sq / w.shape[1]).float().numpy(),
-        mse=noise / w.numel(),
-        sqnr_db=10 * np.log10(signal / noise) if noise > 0 else float("inf"),
-        bits_per_weight=bits_per_weight(spec, tuple(w.shape)),
-    )
 
 
 class QuantExplorer:
@@ -167,9 +100,10 @@ class QuantExplorer:
             spec.granularity, f"row {self.row}, group 0"
         )
         with self.fig.batch_update():
-            self.fig.data[0].x, self.fig.data[0].y = state["centers"], state["counts"]
-            self.fig.data[1].x, self.fig.data[1].y = state["levels"], np.zeros_like(state["levels"])
-            self.fig.data[2].x, self.fig.data[2].y = np.arange(len(state["row_mse"])), state["row_mse"]
+            self.fig.data[0].x, self.fig.data[0].y = state["centers"].tolist(), state["counts"].tolist()
+            self.fig.data[1].x, self.fig.data[1].y = state["levels"].tolist(), [0.0] * len(state["levels"])
+            self.fig.data[2].x = list(range(len(state["row_mse"])))
+            self.fig.data[2].y = state["row_mse"].tolist()
             self.fig.layout.shapes[0].x0, self.fig.layout.shapes[0].x1 = state["clip"]
             self.fig.layout.title.text = f"{self.name}: {spec.label} ({where}; shaded: the grid's range)"
         self.summary.value = (

@@ -1,8 +1,12 @@
 import json
 
 import pytest
+import torch
+from tiny_models import tiny_llama
 
-from qviz.results import cached, results_dir
+from qviz import rtn
+from qviz.cache import cached, cached_result, result_path, results_dir
+from qviz.quant import QuantSpec
 
 
 @pytest.fixture(autouse=True)
@@ -32,4 +36,23 @@ def test_failed_compute_leaves_nothing():
 
     with pytest.raises(RuntimeError):
         cached("rtn", {"model": "m"}, boom)
+    with pytest.raises(RuntimeError):
+        cached_result("rtn", {"model": "m"}, boom)
     assert not results_dir().exists() or not any(results_dir().iterdir())
+
+
+def test_quant_results_are_computed_once_and_come_back_exactly():
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return rtn.quantize_model(tiny_llama(), QuantSpec(bits=4, group_size=32), progress=False)
+
+    first = cached_result("rtn", {"model": "tiny"}, compute)
+    again = cached_result("rtn", {"model": "tiny"}, compute)
+    assert len(calls) == 1 and result_path("rtn", {"model": "tiny"}, ".safetensors").exists()
+    for name, qt in first.linears.items():
+        assert torch.equal(again.linears[name].codes, qt.codes) and torch.equal(
+            again.linears[name].scale, qt.scale
+        )
+    assert again.rows == first.rows

@@ -1,0 +1,63 @@
+"""Cache for results that take minutes (whole-model quantization, evaluation), so a notebook re-runs quickly.
+
+Two kinds, both under `$QVIZ_CACHE/results/` and keyed by a hash of the parameters that produced them and the
+qviz version (change any parameter and the result is recomputed; delete the folder, or pass `refresh=True`,
+to recompute everything); both written atomically:
+
+- `cached(kind, params, compute)`: a JSON-able dict (metrics, report rows), in `<kind>-<hash>.json`;
+- `cached_result(kind, params, compute)`: a `qviz.result.QuantResult` (the codes of every quantized linear), in
+  `<kind>-<hash>.safetensors`, so a later notebook can pack, run and ship the model an earlier one made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from qviz import __version__
+from qviz.models import cache_dir
+from qviz.result import QuantResult
+
+__all__ = ["cached", "cached_result", "result_path", "results_dir"]
+
+
+def results_dir() -> Path:
+    return cache_dir() / "results"
+
+
+def result_path(kind: str, params: dict, suffix: str = ".json") -> Path:
+    """Where the result of `kind` for `params` is (or will be) stored."""
+    key = json.dumps({"qviz": __version__, **params}, sort_keys=True, default=str)
+    return results_dir() / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}{suffix}"
+
+
+def cached(kind: str, params: dict, compute: Callable[[], dict], *, refresh: bool = False) -> dict:
+    """`compute()` once for these `params`; later calls with equal params read the stored result.
+
+    params must fully describe the computation (model, spec, text, windows, seeds): it is the cache key.
+    """
+    path = result_path(kind, params)
+    if path.exists() and not refresh:
+        return json.loads(path.read_text())["result"]
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        json.dump({"params": params, "result": result}, f, default=str)
+    os.replace(f.name, path)
+    return result
+
+
+def cached_result(
+    kind: str, params: dict, compute: Callable[[], QuantResult], *, refresh: bool = False
+) -> QuantResult:
+    """Like `cached`, for a QuantResult: `compute()` once, then `QuantResult.load` of the stored file."""
+    path = result_path(kind, params, ".safetensors")
+    if path.exists() and not refresh:
+        return QuantResult.load(path)
+    result = compute()
+    result.save(path)
+    return result

@@ -1,0 +1,57 @@
+"""qviz.runs: a whole-model run is computed once, read back exactly, and measured against its reference."""
+
+import pytest
+import torch
+
+import qviz.cache
+from qviz import runs
+from qviz.quant import QuantSpec
+from qviz.runs import Eval, Run
+
+
+def test_runs_are_validated_and_keyed_by_what_they_use():
+    with pytest.raises(ValueError, match="method must be one of"):
+        Run(method="hqq")
+    with pytest.raises(ValueError, match="QuantSpec"):
+        Run(spec={"bits": 4})
+    rtn = Run(method="rtn", n_calib=99).params()
+    assert "n_calib" not in rtn and rtn["spec"]["bits"] == 4  # RTN reads no calibration text
+    assert Run(method="gptq", n_calib=8).params() != Run(method="gptq", n_calib=16).params()
+    shipped = runs.shipped_runs("gemma-3-270m")
+    assert shipped["gptq"].spec == QuantSpec(bits=4, group_size=128) and shipped["gptq"].options == {}
+    assert shipped["awq"].spec == QuantSpec(bits=4, symmetric=False, group_size=128)
+    assert runs.shipped_runs("gemma-3-270m", fast=True)["gptq"].n_layers == 2
+
+
+@pytest.mark.slow
+def test_quantize_is_cached_and_measure_is_one_pass(smollm2, tmp_path, monkeypatch):
+    monkeypatch.setattr(qviz.cache, "results_dir", lambda: tmp_path)
+    calls = []
+    compute = runs._compute
+    monkeypatch.setattr(runs, "_compute", lambda run, progress: calls.append(run) or compute(run, progress))
+    run = Run("smollm2-135m", "gptq", QuantSpec(bits=4, group_size=64), n_calib=2, calib_len=32, n_layers=1)
+    ev = Eval(seqlen=64, n=2, new_tokens=3)
+    assert not runs.is_cached(run)
+    first = runs.quantize(run, progress=False)
+    again = runs.quantize(run, progress=False)
+    assert len(calls) == 1 and runs.is_cached(run) and not runs.is_cached(run, ev)
+    assert len(first.linears) == 7 and all(
+        torch.equal(again.linears[n].codes, q.codes) for n, q in first.linears.items()
+    )
+
+    metrics = runs.measure(run, ev, progress=False)
+    assert runs.is_cached(run, ev) and len(calls) == 1  # measured on the stored result
+    assert metrics["n_tokens"] == 128 and metrics["kl"] > 0 and 0 < metrics["top1"] <= 1
+    assert (
+        metrics["label"] == "INT4 sym g64" and metrics["method"] == "GPTQ" and len(metrics["token_kl"]) == 128
+    )
+    assert 4 < metrics["bits_per_weight"] < 4.5  # codes + a 16-bit scale per 64 weights
+    ref = runs.reference_metrics("smollm2-135m", ev, progress=False)
+    assert ref["ppl"] == pytest.approx(metrics["ref_ppl"]) and ref["ppl"] < metrics["ppl"]
+
+    model = runs.quantized_model(run, progress=False)  # a fresh copy + the result: the quantized model
+    name = "model.layers.0.mlp.down_proj"
+    assert torch.equal(model.get_submodule(name).weight, runs.quantize(run).dequantized(name))
+    assert torch.equal(
+        model.model.layers[1].mlp.down_proj.weight, smollm2[0].model.layers[1].mlp.down_proj.weight
+    )
