@@ -23,7 +23,7 @@ import torch
 
 from qviz.arch import decoder_layers, family_of, linear_layers
 from qviz.data import calib_windows, eval_windows
-from qviz.eval import compare_logits, perplexity
+from qviz.eval import evaluate as evaluate_model
 from qviz.models import cached_model_dir, load_model
 
 
@@ -129,11 +129,12 @@ def evaluate(models: dict, ids: torch.Tensor, seconds: dict, same_as=None) -> di
     ref = models["reference"]
     scores = {}
     for label, m in models.items():
-        cmp = compare_logits(ref, m, ids, progress=False) if m is not ref else None
+        ev = evaluate_model(m, ids, ref if m is not ref else None, progress=False)  # one pass: ppl, KL, top-1
         scores[label] = {
-            "ppl": perplexity(m, ids, progress=False),
-            "kl": cmp.kl if cmp else 0.0,
-            "top1": cmp.top1 if cmp else 1.0,
+            "ppl": ev.ppl,
+            "kl": ev.kl if m is not ref else 0.0,
+            "kl_p99": ev.kl_p99 if m is not ref else 0.0,
+            "top1": ev.top1 if m is not ref else 1.0,
             "seconds": seconds.get(label),
         }
         if same_as is not None:

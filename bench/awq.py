@@ -30,7 +30,7 @@ from _peer import write_section  # noqa: E402
 from qviz import awq, rtn  # noqa: E402
 from qviz.arch import decoder_layers, family_of, linear_layers  # noqa: E402
 from qviz.data import calib_windows, eval_windows  # noqa: E402
-from qviz.eval import compare_logits, perplexity  # noqa: E402
+from qviz.eval import evaluate as evaluate_model  # noqa: E402
 from qviz.models import load_model  # noqa: E402
 from qviz.quant import QuantSpec  # noqa: E402
 
@@ -46,15 +46,15 @@ def group_size_for(model) -> int:
 
 
 def evaluate(ref, model, ids) -> dict:
-    cmp = compare_logits(ref, model, ids, progress=False)
-    return {"ppl": perplexity(model, ids, progress=False), "kl": cmp.kl, "top1": cmp.top1}
+    ev = evaluate_model(model, ids, ref, progress=False)  # one pass: perplexity, KL and top-1 together
+    return {"ppl": ev.ppl, "kl": ev.kl, "top1": ev.top1}
 
 
 def run_model(name: str, args) -> list[dict]:
     ref, tok = load_model(name, fresh=False)
     ids = eval_windows(tok, seqlen=args.eval_seqlen, n=args.eval_n)
     cal = calib_windows(tok, seqlen=args.calib_seqlen, n=args.calib_n, seed=0)
-    rows = [{"model": name, "method": "reference", "spec": "float32", "ppl": perplexity(ref, ids, progress=False),
+    rows = [{"model": name, "method": "reference", "spec": "float32", "ppl": evaluate_model(ref, ids, progress=False).ppl,
              "kl": 0.0, "top1": 1.0}]  # fmt: skip
     print(rows[-1], flush=True)
     g = group_size_for(ref)

@@ -90,12 +90,12 @@ def run(args) -> dict:
     models, seconds, searched = {"reference": ref}, {}, {}
     for tokens in args.search_tokens:
         config = awq.AWQConfig(search_tokens=tokens)
-        label = f"qviz, search_tokens={tokens}"
+        label = "qviz, defaults" if config == awq.AWQConfig() else f"qviz, search_tokens={tokens}"
         models[label] = copy.deepcopy(ref)
         start = time.perf_counter()
         result = awq.quantize_model(models[label], spec, cal, config, progress=False)
         seconds[label] = time.perf_counter() - start
-        searched[label] = result.groups[0].search_tokens  # whole windows: at least `tokens`
+        searched[label] = result.scale_groups[0]["search_tokens"]  # whole windows: at least `tokens`
         load.append(os.getloadavg()[0])
         print(f"{label}: {seconds[label]:.1f} s", flush=True)
 

@@ -18,6 +18,10 @@ def main() -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--damp", type=float, default=0.01)
     ap.add_argument("--block-size", type=int, default=128)
+    ap.add_argument(
+        "--actorder", choices=["default", "none"], default="none",
+        help="default: GPTQModifier's own default (act-order 'static' in 0.14); none: act-order off",
+    )  # fmt: skip
     args = ap.parse_args()
     model, dataset, calib = load(args)
 
@@ -25,19 +29,18 @@ def main() -> None:
     from llmcompressor.modifiers.quantization import GPTQModifier
 
     weights = QuantizationArgs(
-        num_bits=args.bits,
-        type="int",
-        symmetric=True,
-        strategy="group",
-        group_size=args.group_size,
-        actorder=None,
+        num_bits=args.bits, type="int", symmetric=True, strategy="group", group_size=args.group_size
     )
+    # act-order off must be said to the modifier too: its default ("static") would replace the scheme's None
+    order = {} if args.actorder == "default" else {"actorder": None}
+    if order:
+        weights.actorder = None
     recipe = GPTQModifier(
         config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
         ignore=["lm_head"],
         block_size=args.block_size,
         dampening_frac=args.damp,
-        actorder=None,  # act-order off: the modifier's default ("static") would replace the scheme's None
+        **order,
     )
     seconds = timed_oneshot(model, dataset, calib, recipe)
 

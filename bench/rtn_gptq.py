@@ -29,7 +29,7 @@ from _peer import write_section  # noqa: E402
 from qviz import gptq, rtn  # noqa: E402
 from qviz.arch import decoder_layers, family_of, linear_layers  # noqa: E402
 from qviz.data import calib_windows, eval_windows  # noqa: E402
-from qviz.eval import compare_logits, perplexity  # noqa: E402
+from qviz.eval import evaluate  # noqa: E402
 from qviz.models import load_model  # noqa: E402
 from qviz.quant import QuantSpec  # noqa: E402
 
@@ -46,7 +46,7 @@ def group_size_for(model) -> int:
 
 
 def settings(g: int) -> list[tuple[str, QuantSpec, dict | None]]:
-    """(method, spec, GPTQ options or None for RTN)."""
+    """(method, spec, GPTQ options or None for RTN). GPTQ's defaults: act-order, static groups."""
     return [
         ("RTN", QuantSpec(bits=8), None),
         ("RTN", QuantSpec(bits=4), None),
@@ -54,7 +54,7 @@ def settings(g: int) -> list[tuple[str, QuantSpec, dict | None]]:
         ("GPTQ", QuantSpec(bits=4, group_size=g), {}),
         ("RTN", QuantSpec(bits=3, group_size=g), None),
         ("GPTQ", QuantSpec(bits=3, group_size=g), {}),
-        ("GPTQ", QuantSpec(bits=4, group_size=g), {"act_order": True}),
+        ("GPTQ", QuantSpec(bits=4, group_size=g), {"act_order": False}),
         ("GPTQ", QuantSpec(bits=4, group_size=g), {"true_sequential": False}),
         ("GPTQ", QuantSpec(bits=3, group_size=g), {"true_sequential": False}),
     ]
@@ -65,7 +65,7 @@ def run_model(name: str, args, rows: list[dict]) -> None:
     ref, tok = load_model(name, fresh=False)
     ids = eval_windows(tok, seqlen=args.eval_seqlen, n=args.eval_n)
     cal = calib_windows(tok, seqlen=args.calib_seqlen, n=args.calib_n, seed=0)
-    ppl = perplexity(ref, ids, progress=False)
+    ppl = evaluate(ref, ids, progress=False).ppl
     rows.append({"model": name, "method": "reference", "spec": "float32", "ppl": ppl, "kl": 0.0})
     write(rows, args)
     for method, spec, options in settings(group_size_for(ref)):
@@ -77,17 +77,17 @@ def run_model(name: str, args, rows: list[dict]) -> None:
             gptq.quantize_model(model, spec, cal, progress=False, **options)
         seconds = time.perf_counter() - start
         options = options or {}
-        label = spec.label + (" act-order" if options.get("act_order") else "")
+        label = spec.label + (" act-order" if options.get("act_order", True) else " natural order")
         label += "" if options.get("true_sequential", True) else " all-at-once"
-        cmp = compare_logits(ref, model, ids, progress=False)
+        ev = evaluate(model, ids, ref, progress=False)  # one pass: perplexity, KL and top-1
         rows.append(
             {
                 "model": name,
                 "method": method,
                 "spec": label,
-                "ppl": perplexity(model, ids, progress=False),
-                "kl": cmp.kl,
-                "top1": cmp.top1,
+                "ppl": ev.ppl,
+                "kl": ev.kl,
+                "top1": ev.top1,
                 "seconds": seconds,
             }
         )
