@@ -21,7 +21,13 @@ def test_smallest_within(capsys):
     assert nb04.check_smallest_within(RESULTS, 20.0, None, tolerance=0.001)
 
 
-def test_ppl_factor():
+def test_ppl_factor(capsys):
     assert nb04.check_ppl_factor(math.exp(0.05))
     assert nb04.check_ppl_factor(1.0513)
-    assert not nb04.check_ppl_factor(1.05)
+    assert nb04.check_ppl_factor(1.05)  # the first-order answer 1 + Δ is reasonable: accepted, and explained
+    assert "first-order" in capsys.readouterr().out
+    assert not nb04.check_ppl_factor(1.10)  # the notebook's example number
+    assert not nb04.check_ppl_factor(0.05)
+    assert "change of the NLL itself" in capsys.readouterr().out
+    assert not nb04.check_ppl_factor(0.95)
+    assert not nb04.check_ppl_factor("1.05")

@@ -38,6 +38,21 @@ def check_smallest_within(results: list[dict], ref_ppl: float, answer: str, tole
 def check_ppl_factor(answer: float, delta_nll: float = 0.05) -> bool:
     """Perplexity grows by exp(ΔNLL) when the mean NLL per token grows by ΔNLL."""
     want = math.exp(delta_nll)
+    exact = f"exp({delta_nll}) = {want:.4f}: perplexity grows by {want - 1:.1%}"
+    if not isinstance(answer, (int, float)) or isinstance(answer, bool):
+        return _report(False, "", f"answer with a number such as 1.10, got {answer!r}")
     if abs(answer - want) < 5e-4:
-        return _report(True, f"exp({delta_nll}) = {want:.4f}: perplexity grows by {want - 1:.1%}.", "")
+        return _report(True, f"{exact}.", "")
+    if abs(answer - (1 + delta_nll)) < 5e-4:  # the first-order answer: reasonable, and worth saying why
+        return _report(True, f"1 + Δ is the first-order approximation exp(Δ) ≈ 1 + Δ; exactly, {exact}.", "")
+    if abs(answer - want) < 0.01 * want:
+        return _report(True, f"close enough; exactly, {exact}.", "")
+    if abs(answer - delta_nll) < 5e-4:
+        return _report(
+            False,
+            "",
+            f"{answer} is the change of the NLL itself; the question asks for the factor on perplexity",
+        )
+    if answer < 1:
+        return _report(False, "", "a higher NLL means a higher perplexity: the factor is above 1")
     return _report(False, "", "ppl = exp(mean NLL), so exp(a + Δ) = exp(a)·exp(Δ): the factor is exp(Δ)")
