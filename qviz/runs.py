@@ -110,6 +110,17 @@ def is_cached(run: Run, ev: Eval | None = None) -> bool:
     return done and (ev is None or result_path("measure", _measure_params(run, ev)).exists())
 
 
+def cache_status(runs: list[Run], ev: Eval | None = None) -> str:
+    """One line for a notebook: how many of `runs` come from the cache, and how to recompute them."""
+    cached_now = sum(is_cached(run, ev) for run in runs)
+    todo = len(runs) - cached_now
+    return (
+        f"{cached_now} of {len(runs)} whole-model results are read from the cache (~/.cache/qviz/results, written by "
+        f"an earlier run or by `qviz prepare`; delete that folder to recompute them)"
+        + (f"; the other {todo} are computed now, with progress bars: a minute or two each" if todo else ".")
+    )
+
+
 def quantized_model(run: Run, *, progress: bool = True) -> nn.Module:
     """A fresh float copy of the run's model made into the quantized model: `QuantResult.apply`."""
     model, _ = load_model(run.model)
