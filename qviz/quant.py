@@ -46,7 +46,8 @@ import torch
 GRANULARITIES = ("tensor", "channel", "group")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MIN_BITS, MAX_BITS = 2, 16
-_F32 = torch.finfo(torch.float32)  # scales are stored in float32: (2^-126 ≈ 1.2e-38, 3.4e38)
+# qviz computes and stores in float32: normal numbers from 2^-126 ≈ 1.2e-38 to 3.4e38
+_F32 = torch.finfo(torch.float32)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,12 @@ def check_tensor(w: torch.Tensor, spec: QuantSpec | None = None, *, finite: bool
         n_nan, n_inf = int(torch.isnan(w).sum()), int(torch.isinf(w).sum())
         raise ValueError(
             f"tensor has {n_nan} NaN and {n_inf} Inf values: only finite values can be quantized"
+        )
+    if finite and w.dtype == torch.float64 and w.abs().max() > _F32.max:
+        raise ValueError(
+            f"float64 values up to {w.abs().max().item():.3g} lie beyond float32's range (±{_F32.max:.3g}), in "
+            "which qviz computes scales and codes: divide the tensor by a power of two before quantizing it and "
+            "multiply the dequantized values back"
         )
     if spec is not None and spec.granularity == "group" and w.shape[-1] % spec.group_size:
         divisors = [d for d in (16, 32, 64, 96, 128, 192, 256) if w.shape[-1] % d == 0]
@@ -273,9 +280,8 @@ def _user_qparams(w: torch.Tensor, spec: QuantSpec, scale, zero_point) -> tuple[
 
 
 def _grouped(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """View w as (rows, n_groups, group_len) in float32 (float64 stays float64: its values need not fit
-    float32's range or precision): the one reshape behind every granularity."""
-    w = w if w.dtype == torch.float64 else w.float()
+    """View w as (rows, n_groups, group_len) in float32: the one reshape behind every granularity."""
+    w = w.float()
     if spec.granularity == "tensor":
         return w.reshape(1, 1, -1)
     rows = w.reshape(-1, w.shape[-1])  # (rows, in_features)
@@ -304,22 +310,13 @@ def _qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec):
 
 
 def _stored_scale(scale: torch.Tensor) -> torch.Tensor:
-    """Scales (float32 or float64, >= 0) as the float32 qviz stores them.
+    """Scales (>= 0) as qviz uses them.
 
     An all-zero group has scale 0; any scale represents it exactly, so it gets 1 (no division by zero). A scale
     below float32's smallest normal number 2^-126 (a group whose largest |w| is about 1e-37 or less) would be
     subnormal, too coarse to keep w / scale on the grid: it gets 2^-126, whose half step still covers the group.
-    Float64 values so large that their scale exceeds float32's range are refused.
     """
-    if scale.dtype == torch.float64 and scale.max() > _F32.max:
-        raise ValueError(
-            f"float64 values this large need a scale of {scale.max().item():.3g}, beyond float32's largest "
-            f"value {_F32.max:.3g} (qviz stores scales in float32): divide the tensor by a power of two before "
-            "quantizing and multiply the dequantized values back"
-        )
-    positive = scale > 0
-    scale = scale.clamp(min=_F32.tiny).float()
-    return torch.where(positive, scale, torch.ones_like(scale))
+    return torch.where(scale > 0, scale.clamp(min=_F32.tiny), torch.ones_like(scale))
 
 
 def round_to_grid(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
@@ -367,7 +364,7 @@ def choose_qparams(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torc
     g = _grouped(w, spec)
     lo, hi = torch.aminmax(g, dim=-1)
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        check_tensor(w, spec)  # raises, counting the NaN and Inf values
+        check_tensor(w, spec)  # raises: NaN or Inf values, or float64 values beyond float32's range
     lo, hi = lo.clamp(max=0.0) * spec.clip_ratio, hi.clamp(min=0.0) * spec.clip_ratio
     if spec.mse_clip:
         lo, hi = _search_clip(g, lo, hi, spec)
@@ -398,11 +395,11 @@ def dequantize(qt: QuantizedTensor) -> torch.Tensor:
     """Floats back from codes: (codes - zero_point) * scale, in the original dtype.
 
     With a `g_idx`, input column k takes the qparams of group g_idx[k] (codes (rows, in_features)).
-    Computed in float32 (float64 for a float64 original, where the product is exact). Raises ValueError for
-    a QuantizedTensor that `check_quantized` refuses, or values beyond the range of the original dtype.
+    Computed in float32, as GPTQ's column loop does. Raises ValueError for a QuantizedTensor that
+    `check_quantized` refuses, or values beyond the range of the original dtype.
     """
     check_quantized(qt)
-    scale = qt.scale.double() if qt.dtype == torch.float64 else qt.scale.float()
+    scale = qt.scale.float()
     if qt.g_idx is not None:
         g = qt.g_idx.long()
         w_hat = (qt.codes - qt.zero_point[:, g]) * scale[:, g]
@@ -413,19 +410,20 @@ def dequantize(qt: QuantizedTensor) -> torch.Tensor:
 
 
 def _in_dtype(w_hat: torch.Tensor, dtype: torch.dtype, scale, zero_point, spec: QuantSpec) -> torch.Tensor:
-    """w_hat cast to `dtype`, refused where a value does not fit it. A grid's end codes can lie up to half a
-    step beyond the range it was chosen for (the symmetric grid's qmin, or after rounding the zero point), so
-    a tensor reaching its dtype's largest value can dequantize past it. Only when the grid's extremes could
-    overflow (a check on the qparams alone) are the values themselves checked."""
+    """w_hat (computed in float32) cast to `dtype`, refused where a value does not fit. A grid's end codes can
+    lie up to half a step beyond the range it was chosen for (the symmetric grid's qmin, or after rounding
+    the zero point), so a tensor reaching the largest value of its dtype (or of float32) can dequantize past
+    it. Only when the grid's extremes could overflow (a check on the qparams alone) are the values checked."""
     out = w_hat.to(dtype)
     reach = (zero_point - spec.qmin).abs().maximum((spec.qmax - zero_point).abs()) * scale.double()
-    largest = torch.finfo(dtype).max
+    largest = min(torch.finfo(dtype).max, _F32.max)
     if reach.max() > largest and not torch.isfinite(out).all():
+        where = dtype if largest < _F32.max else f"{dtype} computed in float32"
         raise ValueError(
-            f"dequantized values overflow {dtype} (largest {largest:.6g}): this grid's codes reach "
+            f"dequantized values overflow {where} (largest {largest:.6g}): this grid's codes reach "
             f"±{reach.max().item():.6g}, since a grid's end codes can lie up to half a step beyond the range "
-            "it was chosen for. Quantize a copy in a wider dtype (w.float(), or w.double() for float32), or "
-            "scale w down a little"
+            "it was chosen for. Scale w down a little (e.g. w / 2, and multiply back), or quantize a float32 "
+            "copy of a float16 tensor (w.float())"
         )
     return out
 
