@@ -173,8 +173,8 @@ def split_point(n_tokens: int) -> int:
 
 
 def _check(seqlen: int, n: int) -> None:
-    if seqlen < 2 or n < 1:
-        raise ValueError(f"need seqlen >= 2 and n >= 1 windows, got seqlen={seqlen}, n={n}")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (seqlen, n)) or seqlen < 2 or n < 1:
+        raise ValueError(f"need integers seqlen >= 2 and n >= 1 windows, got seqlen={seqlen!r}, n={n!r}")
 
 
 def eval_window_starts(n_tokens: int, seqlen: int, n: int) -> list[int]:

@@ -243,11 +243,13 @@ def paired_difference(a: list[float], b: list[float], block: int = 64) -> tuple[
     >>> paired_difference([1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 2.0, 3.0], block=2)
     (1.0, 0.0)
     """
-    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
-    if d.dim() != 1 or len(d) < 2 * block:
+    a, b = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    if a.dim() != 1 or a.shape != b.shape or len(a) < 2 * block:  # unequal lengths would broadcast
         raise ValueError(
-            f"need two equal-length lists of at least {2 * block} tokens (block={block}), got {len(d)}"
+            f"need two equal-length lists of at least {2 * block} tokens (block={block}), got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
         )
+    d = a - b
     means = d[: len(d) // block * block].reshape(-1, block).mean(1)
     return d.mean().item(), (means.std() / math.sqrt(len(means))).item()
 

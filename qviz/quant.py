@@ -39,6 +39,7 @@ scale = 7.5 / 7 ≈ 1.07 and codes [-7, 0, 3].
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,12 @@ class QuantSpec:
             raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {self.bits}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        for name in (
+            "symmetric",
+            "mse_clip",
+        ):  # symmetric="False" is a true string: say so, not grid silently
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.granularity == "group":
             if (
                 isinstance(self.group_size, bool)
@@ -447,18 +454,28 @@ def fake_quantize(
 # --- error metrics -------------------------------------------------------------------------------------------
 
 
+def _same_shape(w: torch.Tensor, w_hat: torch.Tensor) -> None:
+    if w.shape != w_hat.shape:  # broadcasting (n, 1) against (n,) would average the wrong differences
+        raise ValueError(
+            f"w and w_hat must have the same shape, got {tuple(w.shape)} and {tuple(w_hat.shape)}"
+        )
+
+
 def mse(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     """Mean squared error."""
+    _same_shape(w, w_hat)
     return (w.double() - w_hat.double()).pow(2).mean().item()
 
 
 def max_abs_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     """Largest absolute difference."""
+    _same_shape(w, w_hat)
     return (w.double() - w_hat.double()).abs().max().item()
 
 
 def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB: 10·log10(Σw² / Σ(w - w_hat)²). Each extra bit adds ≈6.02 dB."""
+    _same_shape(w, w_hat)
     signal = w.double().pow(2).sum().item()
     noise = (w.double() - w_hat.double()).pow(2).sum().item()
     if noise == 0:
@@ -480,9 +497,9 @@ def bits_per_weight(
     >>> round(bits_per_weight(QuantSpec(bits=4, symmetric=False, group_size=128), (4096, 4096)), 3)
     4.156
     """
+    if not shape or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in shape):
+        raise ValueError(f"shape must be a tuple of positive integers, got {shape!r}")
     numel = math.prod(shape)
-    if numel == 0:
-        raise ValueError(f"shape {shape} has no elements")
     if zero_point_bits is None:
         zero_point_bits = 0 if spec.symmetric else spec.bits
     if spec.granularity == "tensor":

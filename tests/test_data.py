@@ -89,6 +89,8 @@ def test_too_few_tokens_is_a_clear_error():
         data.calib_window_starts(100, 60, 1)
     with pytest.raises(ValueError, match="seqlen"):
         data.eval_window_starts(100, 1, 1)
+    with pytest.raises(ValueError, match="need integers seqlen >= 2 and n >= 1 windows, got seqlen=10.5"):
+        data.calib_window_starts(100, 10.5, 1)
 
 
 def test_empty_text_is_a_clear_error(monkeypatch):

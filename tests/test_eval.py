@@ -177,6 +177,8 @@ def test_paired_difference_is_batch_means():
     assert se == pytest.approx(math.sqrt(((blocks - blocks.mean()) ** 2).sum().item() / 9 / 10))
     with pytest.raises(ValueError, match="at least 128 tokens"):
         paired_difference([1.0] * 100, [0.0] * 100)
+    with pytest.raises(ValueError, match=r"equal-length .* got \(640,\) and \(1,\)"):  # broadcast before
+        paired_difference(a.tolist(), [0.0])
 
 
 def test_evaluation_keeps_every_token(model, windows):

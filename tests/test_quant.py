@@ -210,6 +210,8 @@ def test_bits_per_weight():
         (dict(clip_ratio=0.0), r"clip_ratio must be in \(0, 1\]"),
         (dict(clip_ratio=1.5), r"clip_ratio must be in \(0, 1\]"),
         (dict(mse_clip=True, clip_ratio=0.9), "mse_clip searches the clip ratio itself"),
+        (dict(symmetric="False"), "symmetric must be True or False, got 'False'"),
+        (dict(mse_clip=1), "mse_clip must be True or False"),
     ],
     ids=[
         "bits-0",
@@ -221,6 +223,8 @@ def test_bits_per_weight():
         "clip-0",
         "clip-1.5",
         "mse-and-clip",
+        "symmetric-string",
+        "mse-clip-int",
     ],
 )
 def test_bad_spec(kwargs, message):
@@ -341,3 +345,13 @@ def test_tiny_groups_get_a_normal_scale():
         qt = quantize(w, spec)
         assert qt.scale.item() == torch.finfo(torch.float32).tiny
         assert ((dequantize(qt) - w).abs() <= qt.scale / 2).all()
+
+
+def test_metrics_and_storage_refuse_shapes_that_would_broadcast():
+    w = torch.randn(4, 1)
+    for metric in (mse, max_abs_error, sqnr_db):  # (4, 1) - (4,) is a (4, 4) difference
+        with pytest.raises(ValueError, match=r"same shape, got \(4, 1\) and \(4,\)"):
+            metric(w, w[:, 0])
+    for shape in ((4096, -1), (4096, 0), (), (64.0, 64)):
+        with pytest.raises(ValueError, match="shape must be a tuple of positive integers"):
+            bits_per_weight(QuantSpec(bits=4), shape)
