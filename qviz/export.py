@@ -252,9 +252,10 @@ def load_quantized(path: str | os.PathLike) -> QuantizedCheckpoint:
     saved = set(meta.get("linears", quantized))  # written by qviz: exactly these linears were quantized
     if saved != set(quantized):
         missing, extra = sorted(saved - set(quantized)), sorted(set(quantized) - saved)
+        problems = [f"{len(missing)} of them have no tensors, e.g. {missing[:3]}"] if missing else []
+        problems += [f"{len(extra)} other linears have tensors, e.g. {extra[:3]}"] if extra else []
         raise ValueError(
-            f"{weights} was saved with {len(saved)} quantized linears, but {len(missing)} of them have no "
-            f"tensors {missing[:3]} and {len(extra)} others have {extra[:3]}. {_RESAVE}"
+            f"{weights} was saved with {len(saved)} quantized linears, but {' and '.join(problems)}. {_RESAVE}"
         )
     try:
         spec = QuantSpec(**meta["spec"]) if "spec" in meta else None  # qviz's exact spec (restricted_range)

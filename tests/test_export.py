@@ -345,7 +345,7 @@ def test_a_missing_layer_is_refused_by_both_load_paths(saved, keep_metadata):
     path, _ = saved
     edit_safetensors(path, drop_layer, keep_metadata)
     if keep_metadata:  # qviz recorded which linears it saved: both paths read that
-        message = rf"saved with 14 quantized linears, but 1 of them have no tensors \['{Q_PROJ}'\]"
+        message = rf"saved with 14 quantized linears, but 1 of them have no tensors, e.g. \['{Q_PROJ}'\]\."
         with pytest.raises(ValueError, match=message):
             load_quantized(path)
     else:  # another tool's file: the model built from config.json misses the weight
