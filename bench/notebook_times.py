@@ -65,15 +65,21 @@ print(json.dumps({"cells": cells, "errors": errors}))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--notebooks", nargs="*", help="number prefixes, e.g. 04 05 (default: all)")
-    parser.add_argument("--prepare", action="store_true", help="time `qviz prepare` cold before the warm runs")
-    parser.add_argument("--no-cold", action="store_true", help="skip the cold runs (with --prepare: prepare, then warm)")
+    parser.add_argument(
+        "--prepare", action="store_true", help="time `qviz prepare` cold before the warm runs"
+    )
+    parser.add_argument(
+        "--no-cold", action="store_true", help="skip the cold runs (with --prepare: prepare, then warm)"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="qviz-times-"))
     clone = work / "qviz"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    head = subprocess.run(["git", "-C", str(clone), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(clone), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     cache = work / "cache"
     models = Path(os.environ.get("QVIZ_CACHE") or Path.home() / ".cache" / "qviz") / "models"
     (cache / "models").mkdir(parents=True)
@@ -86,7 +92,7 @@ def main() -> None:
     if args.notebooks:
         notebooks = [p for p in notebooks if p.name[:2] in args.notebooks]
 
-    rows, load = [], []
+    rows = []
     phases = ([] if args.no_cold else ["cold"]) + ["warm"]
     prepare_seconds = None
     for phase in phases:
@@ -102,7 +108,10 @@ def main() -> None:
             slow = sorted(r["cells"], key=lambda c: -c[2])[:3]
             rows.append({"notebook": path.name, "phase": phase, "seconds": r["seconds"], "load": (before, after),
                          "slowest": slow, "errors": r["errors"]})  # fmt: skip
-            print(f"{phase:4s} {path.name:32s} {r['seconds']:7.1f} s  load {before:.1f} -> {after:.1f}", flush=True)
+            print(
+                f"{phase:4s} {path.name:32s} {r['seconds']:7.1f} s  load {before:.1f} -> {after:.1f}",
+                flush=True,
+            )
     shutil.rmtree(work, ignore_errors=True)
     args.out.write_text(report(rows, prepare_seconds, head, args))
     print(f"wrote {args.out}")
@@ -130,23 +139,32 @@ def report(rows: list[dict], prepare_seconds: float | None, head: str, args) -> 
     for name, phases in by.items():
         cold, warm = phases.get("cold"), phases.get("warm")
         slow = "; ".join(f"[{i}] `{src}` {s:.0f}" for i, src, s in (cold or warm)["slowest"])
-        lines.append(
-            f"| {name} | {cold['seconds']:.0f} | " if cold else f"| {name} | - | "
+        lines.append(f"| {name} | {cold['seconds']:.0f} | " if cold else f"| {name} | - | ")
+        lines[-1] += (
+            (f"{warm['seconds']:.0f} | " if warm else "- | ")
+            + (f"{cold['load'][0]:.1f} -> {cold['load'][1]:.1f} | " if cold else "- | ")
+            + slow
+            + " |"
         )
-        lines[-1] += (f"{warm['seconds']:.0f} | " if warm else "- | ") + (
-            f"{cold['load'][0]:.1f} -> {cold['load'][1]:.1f} | " if cold else "- | "
-        ) + slow + " |"
     warm_total = sum(r["seconds"] for r in rows if r["phase"] == "warm")
     cold_max = max((r["seconds"] for r in rows if r["phase"] == "cold"), default=None)
     warm_max = max((r["seconds"] for r in rows if r["phase"] == "warm"), default=None)
     lines += ["", "Goals:"]
     if cold_max is not None:
-        lines.append(f"- slowest cold notebook {cold_max:.0f} s (goal <= {GOAL_COLD_S}): **{'met' if cold_max <= GOAL_COLD_S else 'NOT met'}**")
+        lines.append(
+            f"- slowest cold notebook {cold_max:.0f} s (goal <= {GOAL_COLD_S}): **{'met' if cold_max <= GOAL_COLD_S else 'NOT met'}**"
+        )
     if warm_max is not None:
-        lines.append(f"- slowest warm notebook {warm_max:.0f} s (goal <= {GOAL_WARM_S}): **{'met' if warm_max <= GOAL_WARM_S else 'NOT met'}**")
-        lines.append(f"- the whole sequence warm {warm_total:.0f} s (goal <= {GOAL_SEQUENCE_WARM_S}): **{'met' if warm_total <= GOAL_SEQUENCE_WARM_S else 'NOT met'}**")
+        lines.append(
+            f"- slowest warm notebook {warm_max:.0f} s (goal <= {GOAL_WARM_S}): **{'met' if warm_max <= GOAL_WARM_S else 'NOT met'}**"
+        )
+        lines.append(
+            f"- the whole sequence warm {warm_total:.0f} s (goal <= {GOAL_SEQUENCE_WARM_S}): **{'met' if warm_total <= GOAL_SEQUENCE_WARM_S else 'NOT met'}**"
+        )
     if prepare_seconds is not None:
-        lines.append(f"- `qviz prepare` cold {prepare_seconds:.0f} s (goal <= {GOAL_PREPARE_S}): **{'met' if prepare_seconds <= GOAL_PREPARE_S else 'NOT met'}**")
+        lines.append(
+            f"- `qviz prepare` cold {prepare_seconds:.0f} s (goal <= {GOAL_PREPARE_S}): **{'met' if prepare_seconds <= GOAL_PREPARE_S else 'NOT met'}**"
+        )
     errors = [f"{r['notebook']} ({r['phase']}): {r['errors']}" for r in rows if r["errors"]]
     lines += ["", *(f"- ERRORS: {e}" for e in errors)] if errors else []
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""The `qviz` command line. `qviz doctor` is the first thing a workshop runs: it checks the set-up.
+"""The `qviz` command line. `qviz doctor` is the first thing a workshop runs: it checks the set-up; `qviz prepare`
+then warms every cache the notebooks need, so each one runs in about a minute.
 
 Subcommands register in `_SUBCOMMANDS` (name -> (help, add_arguments, run)); `run(args)` returns an exit code.
 """
@@ -12,7 +13,7 @@ import platform
 import sys
 from pathlib import Path
 
-__all__ = ["doctor_checks", "main"]
+__all__ = ["doctor_checks", "main", "notebooks_dir"]
 
 # (distribution, what it is for, how to fix)
 _WIDGET_PACKAGES = (
@@ -108,8 +109,71 @@ def _doctor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when anything is missing")
 
 
+def notebooks_dir() -> Path:
+    """The tutorial's notebooks: they come with a clone of the repository (qviz installed with pip install -e)."""
+    folder = Path(__file__).resolve().parents[1] / "notebooks"
+    if not folder.is_dir():
+        raise ValueError(
+            f"no notebooks at {folder}: `qviz prepare` runs the tutorial's notebooks, which come with a clone of "
+            "the repository; run it from a checkout installed with `pip install -e .` (as `make lab` does)"
+        )
+    return folder
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    """Warm every cache a workshop needs: convert the offline models, then run every notebook once, headless, as
+    a learner would (not the test run's QVIZ_FAST mode), so their whole-model results are computed and stored."""
+    import os
+    import time
+
+    import nbformat
+    from nbclient import NotebookClient
+    from tqdm.auto import tqdm
+
+    from . import models
+
+    try:
+        notebooks = sorted(notebooks_dir().glob("*.ipynb"))
+    except ValueError as err:
+        print(f"qviz prepare: {err}", file=sys.stderr)
+        return 2
+    if args.notebooks:
+        notebooks = [p for p in notebooks if p.name[:2] in args.notebooks]
+    os.environ.pop("QVIZ_FAST", None)  # the notebooks' own settings, as a learner gets them
+    start = time.perf_counter()
+    for name in models.OFFLINE_MODELS:
+        if models.is_installed(name):
+            models.load_model(name, fresh=False)  # converts once (a minute or two), then seconds
+    print(f"qviz prepare: models ready ({time.perf_counter() - start:.0f} s)", flush=True)
+    for path in tqdm(notebooks, desc="qviz prepare: notebooks", unit="notebook"):
+        t0 = time.perf_counter()
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(
+            nb, kernel_name="python3", timeout=3600, resources={"metadata": {"path": str(path.parent)}}
+        )
+        try:
+            client.execute()
+        except Exception as err:  # a cell failed: say which notebook, keep what the others cached
+            print(
+                f"qviz prepare: {path.name} failed: {type(err).__name__}: {str(err)[-500:]}", file=sys.stderr
+            )
+            return 1
+        tqdm.write(f"qviz prepare: {path.name} done in {time.perf_counter() - t0:.0f} s")
+    print(f"qviz prepare: every cache is warm ({time.perf_counter() - start:.0f} s in all)")
+    return 0
+
+
+def _prepare_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--notebooks", nargs="*", metavar="NN", help="only these, by number (e.g. 05 07)")
+
+
 _SUBCOMMANDS = {
     "doctor": ("check Python, torch, models, texts and JupyterLab widgets", _doctor_args, _doctor),
+    "prepare": (
+        "before a workshop: convert the models and compute every notebook's whole-model results once",
+        _prepare_args,
+        _prepare,
+    ),
 }
 
 

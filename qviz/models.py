@@ -52,6 +52,7 @@ __all__ = [
     "is_installed",
     "linear_layers",
     "load_model",
+    "release_types",
     "scale_groups",
 ]
 
@@ -206,7 +207,8 @@ def _convert(entry: OfflineModel, target: Path) -> None:
         out = tmp / "model"
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
-        (out / "qviz.json").write_text(json.dumps({"format": _CACHE_FORMAT, "source": entry.package}))
+        marker = {"format": _CACHE_FORMAT, "source": entry.package, "release_types": _tensor_types(gguf)}
+        (out / "qviz.json").write_text(json.dumps(marker))
         if gguf.parent == tmp:
             gguf.unlink()
         try:
@@ -321,3 +323,54 @@ def load_model(
     if device is not None:
         model = model.to(device)  # note: with fresh=False this moves the shared instance
     return model, tokenizer
+
+
+# GGUF tensor names (blk.<i>.<part>.weight) of the decoder linears, by qviz/transformers name
+_GGUF_LINEARS = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def _tensor_types(gguf_file: Path) -> dict[str, str]:
+    """The storage type of every decoder linear and of the embedding in a GGUF file, by module name, e.g.
+    {"model.layers.3.mlp.down_proj": "Q6_K", "model.embed_tokens": "Q8_0"} (read with the `gguf` package)."""
+    from gguf import GGUFReader
+
+    types = {}
+    for tensor in GGUFReader(gguf_file).tensors:
+        parts = tensor.name.split(".")  # blk.3.ffn_down.weight, token_embd.weight
+        if parts[0] == "blk" and parts[2] in _GGUF_LINEARS:
+            types[f"model.layers.{parts[1]}.{_GGUF_LINEARS[parts[2]]}"] = tensor.tensor_type.name
+        elif parts[0] == "token_embd":
+            types["model.embed_tokens"] = tensor.tensor_type.name
+    return types
+
+
+def release_types(name: str) -> dict[str, str]:
+    """For an offline model, the format each decoder linear (and the embedding) was stored in in its released GGUF
+    file, e.g. "Q4_K", "Q5_0", "Q6_K", "Q8_0": the grids the float reference was dequantized from. Re-quantizing
+    a linear to the bits it was released in partly rediscovers that grid; fewer bits is an honest experiment.
+
+    Recorded when the model is converted; for a cache converted before qviz recorded it, read from the GGUF
+    once (seconds) and added to the cache's qviz.json.
+    """
+    if name not in OFFLINE_MODELS:
+        raise ValueError(
+            f"release formats are known for the offline models only ({_offline_names()}), not {name!r}"
+        )
+    _resolve(name)  # converts on first use
+    marker_path = cached_model_dir(name) / "qviz.json"
+    marker = json.loads(marker_path.read_text())
+    if "release_types" not in marker:
+        with tempfile.TemporaryDirectory(dir=marker_path.parent.parent, prefix=f".{name}-") as tmp:
+            marker["release_types"] = _tensor_types(_gguf_path(OFFLINE_MODELS[name], Path(tmp)))
+        tmp_marker = marker_path.with_suffix(".json.tmp")
+        tmp_marker.write_text(json.dumps(marker))
+        os.replace(tmp_marker, marker_path)
+    return marker["release_types"]

@@ -25,7 +25,7 @@ from torch import nn
 from . import awq, gptq, rtn
 from .cache import cached, cached_result, result_path
 from .data import calib_windows, eval_windows
-from .eval import evaluate, generate, model_size
+from .eval import ReferenceLogits, evaluate, generate, model_size
 from .models import load_model
 from .quant import QuantSpec
 from .result import QuantResult
@@ -120,16 +120,34 @@ def _measure_params(run: Run, ev: Eval) -> dict:
     return {"run": run.params(), "eval": asdict(ev)}
 
 
+_REFERENCE: dict[
+    tuple, ReferenceLogits
+] = {}  # the last (model, Eval)'s reference logits: one kept, for memory
+
+
+def _reference_logits(model_name: str, ev: Eval) -> ReferenceLogits:
+    """The reference's logits on `ev`'s windows, shared by every `measure` of this model and evaluation in this
+    process (a notebook's table of settings runs the reference once). Only the last pair is kept."""
+    key = (model_name, tuple(asdict(ev).items()))
+    if key not in _REFERENCE:
+        _REFERENCE.clear()
+        reference, tokenizer = load_model(model_name, fresh=False)
+        _REFERENCE[key] = ReferenceLogits(
+            reference, eval_windows(tokenizer, ev.text, seqlen=ev.seqlen, n=ev.n)
+        )
+    return _REFERENCE[key]
+
+
 def measure(run: Run, ev: Eval = Eval(), *, progress: bool = True) -> dict:
     """The quantized model against its reference on held-out windows, in one pass (`qviz.eval.evaluate`):
     {"ppl", "nll", "n_tokens", "kl", "kl_p99", "kl_p999", "top1", "ref_ppl", "bits_per_weight", "linear_mb",
     "text", "label", "method", "bits"}. Cached like `quantize`."""
 
     def compute():
-        reference, tokenizer = load_model(run.model, fresh=False)
+        _, tokenizer = load_model(run.model, fresh=False)
         model = quantized_model(run, progress=progress)
-        windows = eval_windows(tokenizer, ev.text, seqlen=ev.seqlen, n=ev.n)
-        out = evaluate(model, windows, reference, progress=progress).as_dict()
+        reference = _reference_logits(run.model, ev)
+        out = evaluate(model, reference.windows, reference, progress=progress).as_dict()
         size = model_size(model, run.spec)
         out.update(bits_per_weight=size.bits_per_weight, linear_mb=size.linear_bytes / 1e6)
         out["text"] = generate(model, tokenizer, ev.prompt, ev.new_tokens) if ev.new_tokens else ""
@@ -144,8 +162,13 @@ def reference_metrics(model_name: str, ev: Eval = Eval(), *, progress: bool = Tr
 
     def compute():
         reference, tokenizer = load_model(model_name, fresh=False)
-        windows = eval_windows(tokenizer, ev.text, seqlen=ev.seqlen, n=ev.n)
-        out = evaluate(reference, windows, progress=progress).as_dict()
+        logits = _reference_logits(model_name, ev)  # computed here, shared with every `measure` that follows
+        out = evaluate(reference, logits.windows, logits, progress=progress).as_dict()
+        out = {
+            k: v
+            for k, v in out.items()
+            if k not in ("kl", "kl_p99", "kl_p999", "top1", "ref_ppl", "token_kl")
+        }
         out["text"] = generate(reference, tokenizer, ev.prompt, ev.new_tokens) if ev.new_tokens else ""
         return {k: v for k, v in out.items() if v is not None}
 
@@ -157,7 +180,8 @@ def shipped_runs(model: str = "gemma-3-270m", fast: bool = False) -> dict[str, R
 
     - "gptq": GPTQ INT4 symmetric g128 with the shipped tools' defaults (act-order, static groups), calibrated
       on 16 × 256 Britannica tokens;
-    - "awq": AWQ INT4 asymmetric g128 (the paper's setting), calibrated on 16 × 512 tokens.
+    - "awq": AWQ INT4 asymmetric g128 (the paper's setting), calibrated on the same 16 × 256 tokens (its search
+      reads 512 of them: AWQConfig.search_tokens).
 
     One definition, so all three notebooks name the same cached result. fast: the test run's small versions
     (GPTQ on the first 2 layers; AWQ on 2 × 64 tokens with a coarser α grid).

@@ -14,7 +14,7 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 stamp="$VENV/.qviz-setup"
-want=$(cat pyproject.toml requirements-data.txt <(echo "$TORCH_SPEC") | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements-data.txt scripts/setup.sh scripts/jupyter/* <(echo "$TORCH_SPEC") | sha256sum | cut -d' ' -f1)
 
 if [[ -x $VENV/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
     exit 0
@@ -38,6 +38,12 @@ pip=("$VENV/bin/python" -m pip install --quiet)
 "${pip[@]}" --no-deps -r requirements-data.txt
 # The Jupyter kernel named python3 is this venv's interpreter, by absolute path.
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
+# JupyterLab without start-up noise: no TCP warning from every kernel, no search for language servers (none is
+# installed), no "news?" pop-up over the notebook, and notebooks saved with the metadata the repository holds.
+mkdir -p "$VENV/etc/jupyter" "$VENV/etc/ipython" "$VENV/share/jupyter/lab/settings"
+cp scripts/jupyter/jupyter_server_config.py "$VENV/etc/jupyter/jupyter_server_config.py"
+cp scripts/jupyter/ipython_kernel_config.py "$VENV/etc/ipython/ipython_kernel_config.py"
+cp scripts/jupyter/overrides.json "$VENV/share/jupyter/lab/settings/overrides.json"
 
 echo "$want" >"$stamp"
 echo "setup: done ($VENV)"

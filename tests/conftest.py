@@ -20,3 +20,9 @@ def smollm2_fresh(smollm2):
     from qviz.models import load_model
 
     return load_model("smollm2-135m", fresh=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The browser tests last: by then the notebook tests have filled the notebooks' result caches, so Run All in
+    the browser reads them instead of computing the same whole-model results a second time."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)

@@ -1,17 +1,19 @@
-"""Notebook 02 works in a real browser: JupyterLab, Run All, move a slider, the figure changes.
+"""The widget notebooks work in a real browser: JupyterLab, Run All, every control of every explorer moved, the
+figure answers, and nothing lands in JupyterLab's log console.
 
 Headless execution (test_notebooks.py) cannot see the front end: whether the widgets render, whether a
-slider reaches the kernel and whether the FigureWidget redraws. This test drives JupyterLab 4 in
-Debian's Chromium through Playwright, as a learner would: open the notebook, wait for the kernel,
-Run All Cells from the menu, press ArrowRight on a slider handle, and compare the plotly traces before
-and after. A screenshot is kept in artifacts/browser/.
+control reaches the kernel and whether the FigureWidget redraws, nor errors that a widget's callback raises
+(they go to JupyterLab's log console, not to a cell). This test drives JupyterLab 4 in Debian's Chromium
+through Playwright, as a learner would: open the notebook, wait for the kernel, Run All Cells from the menu,
+then change every slider, dropdown, toggle and checkbox of every explorer (one step each) and wait for its
+figure or its summary line to change; the log console's counter must stay empty. Screenshots are kept in
+artifacts/browser/. The browser tests run after the rest (conftest.py), when the notebooks' caches are warm.
 
 Without /usr/bin/chromium the test skips, except under CI (CI=true), where it fails.
-Point it at another notebook with QVIZ_BROWSER_NOTEBOOK=path/to/notebook.ipynb; QVIZ_BROWSER_PAGES=1 also
-screenshots the whole notebook, screen by screen, for reading it through.
+QVIZ_BROWSER_NOTEBOOK=path/to/notebook.ipynb runs one notebook; QVIZ_BROWSER_PAGES=1 also screenshots the whole
+notebook, screen by screen, for reading it through.
 """
 
-import json
 import os
 import secrets
 import shutil
@@ -29,7 +31,21 @@ import pytest
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = Path(os.environ.get("QVIZ_BROWSER_NOTEBOOK", ROOT / "notebooks" / "02_linear_quantization.ipynb"))
+WIDGET_NOTEBOOKS = [  # the notebooks with explorers
+    ROOT / "notebooks" / name
+    for name in (
+        "01_numbers.ipynb",
+        "02_linear_quantization.ipynb",
+        "03_real_weights.ipynb",
+        "05_gptq.ipynb",
+        "06_awq.ipynb",
+    )
+]
+NOTEBOOKS = (
+    [Path(os.environ["QVIZ_BROWSER_NOTEBOOK"]).resolve()]
+    if os.environ.get("QVIZ_BROWSER_NOTEBOOK")
+    else WIDGET_NOTEBOOKS
+)
 ARTIFACTS = ROOT / "artifacts" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -114,14 +130,15 @@ def _stop(server: subprocess.Popen, base_url: str, token: str, runtime_dir: Path
             pass
 
 
-@pytest.fixture
-def notebook_url(tmp_path):
-    """URL of NOTEBOOK in a private JupyterLab on a free localhost port, serving a copy of its folder."""
+@pytest.fixture(params=NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def notebook_url(request, tmp_path):
+    """URL of the notebook in a private JupyterLab on a free localhost port, serving a copy of its folder."""
     _require_browser()
-    if not NOTEBOOK.exists():
-        pytest.fail(f"{NOTEBOOK} does not exist")
+    notebook = request.param
+    if not notebook.exists():
+        pytest.fail(f"{notebook} does not exist")
     root_dir = tmp_path / "notebooks"
-    shutil.copytree(NOTEBOOK.parent, root_dir)  # autosave must never touch the committed notebooks
+    shutil.copytree(notebook.parent, root_dir)  # autosave must never touch the committed notebooks
     runtime_dir = tmp_path / "runtime"
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(
@@ -164,7 +181,7 @@ def notebook_url(tmp_path):
                 if time.monotonic() > deadline:
                     pytest.fail(f"JupyterLab not up after {SERVER_START_S}s:\n{log_path.read_text()[-3000:]}")
                 time.sleep(1)
-        yield f"{base_url}/lab/tree/{NOTEBOOK.name}?token={token}"
+        yield f"{base_url}/lab/tree/{notebook.name}?token={token}", notebook.stem
     finally:
         _stop(server, base_url, token, runtime_dir)
 
@@ -222,7 +239,7 @@ def _wait_for_idle_kernel(page):
 
 def _screenshot(page, suffix: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{NOTEBOOK.stem}-{suffix}.png"
+    path = ARTIFACTS / f"{getattr(page, 'qviz_stem', 'notebook')}-{suffix}.png"
     page.screenshot(path=str(path))
     return path
 
@@ -238,15 +255,94 @@ def _screenshot_pages(page) -> None:
         _screenshot(page, f"page-{n:02d}")
 
 
-@pytest.mark.timeout(1800)
-def test_slider_updates_figure_in_jupyterlab(notebook_url):
+LOG_CONSOLE_COUNT_JS = """() => {
+    const item = document.querySelector('.jp-LogConsoleStatusItem');
+    return item ? item.textContent.trim() : '';
+}"""
+LOG_ENTRIES_JS = """() => Array.from(document.querySelectorAll('.jp-LogConsolePanel .jp-OutputArea-output'))
+    .map(o => o.textContent.slice(0, 600))"""
+
+
+def _log_console_errors(page) -> list[str]:
+    """What JupyterLab's log console holds (errors a widget callback raised, for one): its status-bar counter
+    shows how many; the entries are read by opening the console."""
+    count = page.evaluate(LOG_CONSOLE_COUNT_JS)
+    if not count or count == "0":
+        return []
+    page.locator(".jp-LogConsoleStatusItem").first.click()
+    page.wait_for_timeout(1500)
+    return page.evaluate(LOG_ENTRIES_JS) or [f"{count} log console entries (not readable)"]
+
+
+def _explorer_state(explorer):
+    """What a control change must alter: the figure's traces, or else the summary line (a control such as GPTQ's
+    block size changes no number, but the summary reports the new computation)."""
+    figure = explorer.locator(".js-plotly-plot").first
+    summary = explorer.locator(".widget-html").first
+    return figure.evaluate(FIGURE_DATA_JS), (summary.text_content() if summary.count() else "")
+
+
+def _controls(explorer) -> list[tuple[str, object]]:
+    """(kind, locator) of every control in an explorer's output."""
+    found = []
+    for kind, selector in (
+        ("slider", ".widget-slider"),
+        ("dropdown", ".widget-dropdown select"),
+        ("toggle", ".widget-toggle-buttons"),
+        ("checkbox", ".widget-checkbox input[type=checkbox]"),
+        ("text", ".widget-text input"),
+    ):
+        found += [
+            (kind, explorer.locator(selector).nth(i)) for i in range(explorer.locator(selector).count())
+        ]
+    return found
+
+
+def _change(kind: str, control, page) -> str:
+    """Move one control one step, as a learner would; returns what was done."""
+    if kind == "slider":
+        handle, readout = control.locator(".noUi-handle").first, control.locator(".widget-readout").first
+        before = readout.text_content()
+        handle.focus()
+        handle.press("ArrowRight")
+        if readout.text_content() == before:  # at the maximum
+            handle.press("ArrowLeft")
+        return f"slider {before} -> {readout.text_content()}"
+    if kind == "dropdown":
+        options = control.locator("option")
+        values = [options.nth(i).get_attribute("value") for i in range(options.count())]
+        current = control.evaluate("el => el.value")
+        target = values[(values.index(current) + 1) % len(values)] if current in values else values[0]
+        control.select_option(value=target)
+        return f"dropdown {current} -> {target}"
+    if kind == "toggle":
+        buttons = control.locator("button")
+        inactive = [
+            i
+            for i in range(buttons.count())
+            if "mod-active" not in (buttons.nth(i).get_attribute("class") or "")
+        ]
+        buttons.nth(inactive[0]).click()
+        return f"toggle -> {buttons.nth(inactive[0]).text_content()}"
+    if kind == "checkbox":
+        control.click()
+        return "checkbox clicked"
+    control.fill("0.3")
+    control.press("Enter")
+    return "text -> 0.3"
+
+
+@pytest.mark.timeout(2400)
+def test_every_control_answers_in_jupyterlab(notebook_url):
     from playwright.sync_api import sync_playwright
 
+    url, stem = notebook_url
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(notebook_url, timeout=PAGE_LOAD_MS)
+            page.qviz_stem = stem
+            page.goto(url, timeout=PAGE_LOAD_MS)
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=PAGE_LOAD_MS)
             _wait_for_idle_kernel(page)
 
@@ -259,37 +355,36 @@ def test_slider_updates_figure_in_jupyterlab(notebook_url):
             if os.environ.get("QVIZ_BROWSER_PAGES"):  # the whole notebook, screen by screen, to read it
                 _screenshot_pages(page)
 
-            # The first cell output holding both a slider and a plotly figure: an explorer widget.
-            explorer = page.locator(".jp-OutputArea", has=page.locator(".widget-slider")).filter(
-                has=page.locator(".js-plotly-plot")
+            # Every cell output holding a control next to a plotly figure: an explorer widget.
+            explorers = (
+                page.locator(".jp-OutputArea-output")
+                .filter(has=page.locator(".js-plotly-plot"))
+                .filter(
+                    has=page.locator(
+                        ".widget-slider, .widget-dropdown, .widget-toggle-buttons, .widget-checkbox"
+                    )
+                )
             )
-            assert explorer.count() > 0, "no cell output shows a slider next to a plotly figure"
-            explorer = explorer.first
-            explorer.scroll_into_view_if_needed()
-            figure = explorer.locator(".js-plotly-plot").first
-            slider = explorer.locator(".widget-slider").first
-            handle = slider.locator(".noUi-handle").first
-            readout = slider.locator(".widget-readout").first
-
-            before = figure.evaluate(FIGURE_DATA_JS)
-            value_before = readout.text_content()
-            handle.focus()
-            handle.press("ArrowRight")
-            if readout.text_content() == value_before:  # already at the maximum
-                handle.press("ArrowLeft")
-            value_after = readout.text_content()
-            assert value_after != value_before, f"slider readout stayed at {value_before!r}"
-            _wait_until(
-                lambda: figure.evaluate(FIGURE_DATA_JS) != before,
-                FIGURE_UPDATE_MS,
-                f"the figure to change after the slider moved {value_before} -> {value_after}",
-                page,
-            )
-            figure.scroll_into_view_if_needed()
-            shot = _screenshot(page, "slider-moved")
-            assert shot.stat().st_size > 0
+            assert explorers.count() > 0, "no cell output shows a control next to a plotly figure"
+            moved = []
+            for e in range(explorers.count()):
+                explorer = explorers.nth(e)
+                explorer.scroll_into_view_if_needed()
+                for kind, control in _controls(explorer):
+                    before = _explorer_state(explorer)
+                    what = _change(kind, control, page)
+                    _wait_until(
+                        lambda explorer=explorer, before=before: _explorer_state(explorer) != before,
+                        FIGURE_UPDATE_MS, f"explorer {e}: the figure or summary to change after {what}", page,
+                    )  # fmt: skip
+                    moved.append(what)
+                _screenshot(page, f"explorer-{e}")
+            assert moved, "no control found in the explorers"
             errors = _error_outputs(page)
-            assert not errors, "cells show errors after moving the slider:\n" + "\n---\n".join(errors)
-            assert json.loads(figure.evaluate(FIGURE_DATA_JS)), "figure has no traces"
+            assert not errors, "cells show errors after moving the controls:\n" + "\n---\n".join(errors)
+            logged = _log_console_errors(page)
+            assert not logged, f"JupyterLab's log console has entries after {moved}:\n" + "\n---\n".join(
+                logged
+            )
         finally:
             browser.close()

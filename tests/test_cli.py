@@ -49,6 +49,21 @@ def test_unknown_subcommand_exits_with_usage():
         cli.main(["frobnicate"])
 
 
+@pytest.mark.slow
+def test_prepare_runs_the_notebooks_and_reports_their_times(capsys):
+    assert cli.main(["prepare", "--notebooks", "01"]) == 0
+    out = capsys.readouterr().out
+    assert "01_numbers.ipynb done in" in out and "every cache is warm" in out
+
+
+def test_prepare_without_notebooks_says_where_they_come_from(monkeypatch, capsys):
+    monkeypatch.setattr(
+        cli, "notebooks_dir", lambda: (_ for _ in ()).throw(ValueError("no notebooks at /x: clone"))
+    )
+    assert cli.main(["prepare"]) == 2
+    assert "no notebooks at /x" in capsys.readouterr().err
+
+
 def fake_cache(name, drop=(), truncate=False):
     """The converted cache of offline model `name` as files (config, tokenizer, weights, marker): the doctor
     reads their presence and the weights' header, not the model."""

@@ -189,6 +189,50 @@ def test_evaluation_keeps_every_token(model, windows):
     assert sum(result.token_kl) / result.n_tokens == pytest.approx(result.kl)
 
 
+def test_token_kl_equals_the_textbook_sum_in_float64():
+    """The fused KL (from the logit difference, log1p/expm1) against Σ p (log p − log q) in float64, on logits
+    that are close (KL ~ 1e-4, where float32 textbook arithmetic loses digits), far apart, and shifted by a
+    constant (the same distribution: KL 0)."""
+    from qviz.eval import _token_stats
+
+    g = torch.Generator().manual_seed(0)
+    z_ref = 4 * torch.randn(300, 5000, generator=g)
+    targets = torch.randint(0, 5000, (300,), generator=g)
+    for z in (
+        z_ref + 0.02 * torch.randn(300, 5000, generator=g),
+        z_ref + torch.randn(300, 5000, generator=g),
+        z_ref + 7.0,
+    ):
+        s = _token_stats(z_ref, z, targets, chunk=64)
+        log_p, log_q = F.log_softmax(z_ref.double(), -1), F.log_softmax(z.double(), -1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        torch.testing.assert_close(s["kl"].double(), kl, rtol=1e-3, atol=1e-7)
+        torch.testing.assert_close(
+            s["nll"].double(), -log_q.gather(-1, targets[:, None])[:, 0], rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(
+            s["ref_nll"].double(), -log_p.gather(-1, targets[:, None])[:, 0], rtol=1e-5, atol=1e-5
+        )
+        assert torch.equal(s["agree"], log_p.argmax(-1) == log_q.argmax(-1))
+
+
+def test_reference_logits_give_the_same_evaluation_once(model, windows, monkeypatch):
+    from qviz.eval import ReferenceLogits
+
+    other, third = tiny_llama(seed=1), tiny_llama(seed=2)
+    ref = ReferenceLogits(model, windows)
+    calls = []
+    forward = type(model).forward
+    monkeypatch.setattr(
+        type(model), "forward", lambda self, *a, **k: calls.append(self) or forward(self, *a, **k)
+    )
+    for m in (other, third):
+        assert evaluate(m, windows, ref, progress=False) == evaluate(m, windows, model, progress=False)
+    assert sum(c is model for c in calls) == 3 + 2 * 3  # once per window through the cache, + the two direct
+    with pytest.raises(ValueError, match="other windows"):
+        evaluate(other, windows[:2], ref, progress=False)
+
+
 def _word_tokenizer(n_words):
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel

@@ -3,6 +3,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from figure_checks import assert_readable
 
 from qviz.gptq import gptq_quantize
 from qviz.quant import QuantSpec, fake_quantize
@@ -25,12 +26,7 @@ def hessian(X):
 
 
 def assert_labelled(fig):
-    assert fig.layout.title.text
-    layout = fig.to_plotly_json()["layout"]
-    axes = [key for key in layout if key.startswith(("xaxis", "yaxis"))]
-    assert axes
-    for key in axes:
-        assert layout[key].get("title", {}).get("text"), f"{key} has no title"
+    assert_readable(fig)
 
 
 def toy():

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+from figure_checks import assert_readable
 
 from qviz.viz import gpu as viz
 from qviz.viz.gpu import bandwidth_rows
@@ -64,6 +65,7 @@ def test_figure():
         assert fig.layout[axis].title.text, axis
     assert "MB" in fig.layout.yaxis.title.text and "tokens/s" in fig.layout.yaxis2.title.text
     assert fig.layout.yaxis2.type == "log"
+    assert_readable(fig)  # the log-scale panel holds points, not bars
 
 
 def test_default_bandwidths():

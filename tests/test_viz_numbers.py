@@ -3,6 +3,7 @@
 import math
 
 import pytest
+from figure_checks import assert_readable
 
 from qviz import formats as F
 from qviz.viz import numbers as V
@@ -10,9 +11,7 @@ from qviz.widgets.numbers import FormatExplorer, format_explorer_state
 
 
 def _titled(fig):
-    assert fig.layout.title.text
-    for axis in (fig.layout.xaxis, fig.layout.yaxis):
-        assert axis.title.text or axis.visible is False
+    assert_readable(fig)
 
 
 @pytest.mark.parametrize("value, fmt", [(0.1, "bf16"), (-(2.0**-9), "fp8_e4m3"), (-3, "int4"), (0.3, "nf4")])

@@ -1,6 +1,7 @@
 """The packing figure: bit owners and words come from qviz.pack; checked against words written by hand."""
 
 import pytest
+from figure_checks import assert_readable
 
 from qviz.viz import packing as viz
 from qviz.viz.packing import PACKING_LAYOUTS, packed_word, packing_bit_owners
@@ -23,7 +24,7 @@ def test_figure_has_title_axes_and_one_row_per_layout():
     heat = fig.data[0]
     assert list(heat.y) == list(PACKING_LAYOUTS) and len(heat.x) == 32 and heat.x[0] == "31"
     assert list(heat.text[0][-4:]) == ["1", "1", "1", "1"]  # GPTQ: code 0 (15) in bits 3..0
-    assert fig.layout.title.text and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+    assert_readable(fig)
 
 
 def test_bad_input():

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from figure_checks import assert_readable
 
 from qviz.quant import QuantSpec, fake_quantize, mse, sqnr_db
 from qviz.viz import quantization as viz
@@ -71,15 +72,6 @@ def test_explorer_updates_figure_in_place(w):
     assert explorer.state["sqnr_db"] > before + 10
 
 
-def _axis_titles(fig):
-    return [
-        ax.title.text
-        for name, ax in fig.layout.to_plotly_json().items()
-        if name.startswith(("xaxis", "yaxis"))
-        for ax in [fig.layout[name]]
-    ]
-
-
 @pytest.mark.parametrize(
     "build",
     [
@@ -91,10 +83,7 @@ def _axis_titles(fig):
     ids=["grid_histogram", "original_vs_dequantized", "error_vs_bits", "row_error_profile"],
 )
 def test_figures_have_titles_and_axis_labels(w, build):
-    fig = build(w)
-    assert fig.layout.title.text
-    titles = _axis_titles(fig)
-    assert titles and all(titles), titles
+    assert_readable(build(w))
 
 
 def test_grid_histogram_draws_the_grid(w):
@@ -115,3 +104,19 @@ def test_granularity_errors_orders_outlier_case(w):
     )
     assert rows[0]["sqnr_db"] < rows[1]["sqnr_db"] < rows[2]["sqnr_db"]
     assert rows[0]["bits_per_weight"] < rows[1]["bits_per_weight"] < rows[2]["bits_per_weight"]
+
+
+@pytest.mark.slow
+def test_the_staircase_notebook_02_draws_has_steps():
+    """Notebook 02's staircase: one typical row of Gemma's layer-0 down_proj at INT3 per row. Its dequantized
+    values must take several levels (the per-tensor INT3 it once drew rounded every sampled weight to 0)."""
+    from qviz.models import load_model
+
+    model, _ = load_model("gemma-3-270m", fresh=False)
+    W = model.model.layers[0].mlp.down_proj.weight.detach().float()
+    row_max = W.abs().amax(dim=1)
+    typical_row = int(row_max.argsort()[len(row_max) // 2])
+    fig = viz.original_vs_dequantized(W[typical_row : typical_row + 1], QuantSpec(bits=3))
+    assert len(set(fig.data[1].y.tolist())) >= 6  # of INT3's 8 levels
+    per_tensor = viz.original_vs_dequantized(W, QuantSpec(bits=3, granularity="tensor"))
+    assert len(set(per_tensor.data[1].y.tolist())) <= 3  # what the old figure showed: a flat line

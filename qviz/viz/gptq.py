@@ -207,9 +207,13 @@ def act_order_figure(data: dict, *, name: str = "layer") -> go.Figure:
         rows=2, cols=1, vertical_spacing=0.2,
         subplot_titles=("diag(H) per input channel", "the same values in act-order (processing) order"),
     )  # fmt: skip
-    fig.add_bar(x=data["channels"], y=data["diag"], marker_color="#1f77b4", name="diag(H)", row=1, col=1)
-    fig.add_bar(
-        x=np.arange(len(data["perm"])), y=data["sorted"], marker_color="#ff7f0e", name="sorted",
+    # points, not bars: on a log axis a bar's length would start at an arbitrary floor and exaggerate ratios
+    fig.add_scatter(
+        x=data["channels"], y=data["diag"], mode="markers", marker=dict(color="#1f77b4", size=3),
+        name="diag(H)", row=1, col=1,
+    )  # fmt: skip
+    fig.add_scatter(
+        x=np.arange(len(data["perm"])), y=data["sorted"], mode="lines", line_color="#ff7f0e", name="sorted",
         customdata=data["perm"], hovertemplate="step %{x}: channel %{customdata}<extra></extra>",
         row=2, col=1,
     )  # fmt: skip
@@ -219,7 +223,7 @@ def act_order_figure(data: dict, *, name: str = "layer") -> go.Figure:
     fig.update_xaxes(title_text="processing step (act-order)", row=2, col=1)
     fig.update_layout(
         title=f"Act-order on {name}: the most active inputs are quantized first",
-        bargap=0, showlegend=False, template="plotly_white", height=560,
+        showlegend=False, template="plotly_white", height=560,
     )  # fmt: skip
     return fig
 

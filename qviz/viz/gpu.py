@@ -69,7 +69,8 @@ def bandwidth_figure(
     title: str = "Batch-1 decoding is bounded by the bytes of weights read per token",
 ) -> go.Figure:
     """Left: MB read per token, one stacked bar per format (one colour per component).
-    Right: the predicted upper bound on tokens/s, bandwidth / bytes, grouped by device (log scale)."""
+    Right: the predicted upper bound on tokens/s, bandwidth / bytes, one point per format and device (log
+    scale)."""
     bandwidths_gbps = BANDWIDTHS_GBPS if bandwidths_gbps is None else bandwidths_gbps
     rows = bandwidth_rows(bytes_per_token, bandwidths_gbps)
     formats = list(bytes_per_token)
@@ -89,12 +90,12 @@ def bandwidth_figure(
             offsetgroup="bytes", hovertemplate=f"{comp}: %{{y:.1f}} MB<extra>%{{x}}</extra>", row=1, col=1,
         )  # fmt: skip
         base = [b + m for b, m in zip(base, mb)]
-    for i, fmt in enumerate(formats):
+    for i, fmt in enumerate(formats):  # points on a log axis (devices differ 30x): bars would exaggerate
         mine = [r for r in rows if r["format"] == fmt]
-        fig.add_bar(
+        fig.add_scatter(
             x=[r["device"] for r in mine], y=[r["tokens_per_s"] for r in mine], name=f"{fmt} weights",
-            marker_color=_COLORS[(len(components) + i) % len(_COLORS)], offsetgroup=fmt,
-            text=[f"{r['tokens_per_s']:,.0f}" for r in mine], textposition="outside",
+            mode="markers+text", marker=dict(color=_COLORS[(len(components) + i) % len(_COLORS)], size=12),
+            text=[f"{r['tokens_per_s']:,.0f}" for r in mine], textposition="middle right" if i else "middle left",
             hovertemplate=f"{fmt}: %{{y:,.0f}} tokens/s<extra>%{{x}}</extra>", row=1, col=2,
         )  # fmt: skip
     fig.update_layout(title=title, barmode="group", template="plotly_white", height=460)

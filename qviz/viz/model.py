@@ -66,7 +66,10 @@ def channel_magnitudes(
         vertical_spacing=0.08,
         subplot_titles=("activations: mean |x| per input channel", "weights: max |w| in each input column"),
     )
-    fig.add_bar(x=d["channel"], y=d["act"], name="mean |x|", marker_color="#1f77b4", row=1, col=1)
+    fig.add_scatter(  # points, not bars: bars on a log axis exaggerate ratios
+        x=d["channel"], y=d["act"], mode="markers", name="mean |x|", marker=dict(color="#1f77b4", size=3),
+        row=1, col=1,
+    )  # fmt: skip
     fig.add_scatter(
         x=d["salient"], y=d["act"][d["salient"]], mode="markers", name=f"top {salient:.0%} channels",
         marker=dict(color="#d62728", size=7), row=1, col=1,

@@ -66,8 +66,9 @@ class AWQGroupExplorer:
             self._curves[key] = alpha_curve(self.weight, self.X, self.spec, key, self.alphas)
         return self._curves[key]
 
-    def _rel(self, values) -> list[float]:
-        return [v / self.signal for v in values]
+    def _rel(self, values) -> list[float | None]:
+        """Errors relative to the output's power; None (not drawn) when the output is zero on these inputs."""
+        return [v / self.signal if self.signal > 0 else None for v in values]
 
     def _build(self) -> go.FigureWidget:
         fig = go.FigureWidget()
@@ -77,7 +78,7 @@ class AWQGroupExplorer:
                         line=dict(color=_AWQ))  # fmt: skip
         fig.add_scatter(x=[0.0], y=[None], mode="markers", name="chosen α",
                         marker=dict(color="black", size=13, symbol="diamond"))  # fmt: skip
-        fig.add_scatter(x=[0.0, ALPHA_GRID[-1]], y=[self.rtn / self.signal] * 2, mode="lines", name="RTN (α = 0, r = 1)",
+        fig.add_scatter(x=[0.0, ALPHA_GRID[-1]], y=self._rel([self.rtn] * 2), mode="lines", name="RTN (α = 0, r = 1)",
                         line=dict(color=_RTN, dash="dash"))  # fmt: skip
         fig.update_layout(
             title=f"AWQ loss of {self.name} {tuple(self.weight.shape)}, {self.spec.label}", template="plotly_white",
@@ -96,11 +97,20 @@ class AWQGroupExplorer:
         )
         with self.fig.batch_update():
             self.fig.data[2].x = [alpha]
-            self.fig.data[2].y = [error / self.signal]
+            self.fig.data[2].y = self._rel([error])
+        if self.signal == 0:
+            verdict = "the layer's output is zero on these inputs: there is no error to compare"
+        elif self.rtn == 0:
+            verdict = (
+                f"RTN is exact here (the weights already lie on the grid); this α: {error / self.signal:.3e}"
+            )
+        else:
+            verdict = (
+                f"relative output error <b>{error / self.signal:.3e}</b>, RTN {self.rtn / self.signal:.3e}: "
+                f"<b>{error / self.rtn:.2f}×</b> RTN's"
+            )
         self.summary.value = (
-            f"α = {alpha:.2f}, r = {ratio:.2f}: relative output error <b>{error / self.signal:.3e}</b>, "
-            f"RTN {self.rtn / self.signal:.3e}: <b>{error / self.rtn:.2f}×</b> RTN's; "
-            f"computed in {state['seconds']:.2f} s"
+            f"α = {alpha:.2f}, r = {ratio:.2f}: {verdict}; computed in {state['seconds']:.2f} s"
         )
         start = time.perf_counter()
         curve = self._rel(self.curve(ratio))  # cached per clip ratio

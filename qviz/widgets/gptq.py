@@ -79,8 +79,8 @@ class GPTQLayerExplorer:
         )  # fmt: skip
         fig.update_layout(
             title=f"Output error of {self.name} {tuple(self.weight.shape)}", template="plotly_white",
-            xaxis_title="method", yaxis_title="‖WX − QX‖² / ‖WX‖² on calibration tokens (log)",
-            yaxis_type="log", yaxis_dtick=1, yaxis_exponentformat="e", width=720, height=420,
+            xaxis_title="method", yaxis_title="‖WX − QX‖² / ‖WX‖² on calibration tokens",
+            yaxis_rangemode="tozero", yaxis_exponentformat="e", width=720, height=420,
             title_font_size=15,
         )  # fmt: skip
         return fig
@@ -88,11 +88,15 @@ class GPTQLayerExplorer:
     def _update(self, change=None) -> None:
         spec = self.spec()
         start = time.perf_counter()
-        with _one_thread():
-            state = layer_output_errors(
-                self.weight, self.H, spec, damp=self.damp.value, block_size=self.block.value,
-                act_order=self.act_order.value,
-            )  # fmt: skip
+        try:
+            with _one_thread():
+                state = layer_output_errors(
+                    self.weight, self.H, spec, damp=self.damp.value, block_size=self.block.value,
+                    act_order=self.act_order.value,
+                )  # fmt: skip
+        except ValueError as err:  # e.g. H all zero: no input ever reached this layer. Shown, not raised.
+            self._show_problem(spec, str(err))
+            return
         state.update(spec=spec, seconds=time.perf_counter() - start)
         with self.fig.batch_update():
             self.fig.data[0].y = [state["rtn"], state["gptq"]]
@@ -101,11 +105,27 @@ class GPTQLayerExplorer:
                 f"Output error of {self.name} {tuple(self.weight.shape)}, {spec.label}"
             )
         retry = f" (Cholesky needed damp={state['damp']:g})" if state["damp"] != self.damp.value else ""
-        self.summary.value = (
-            f"<b>{spec.label}</b>: GPTQ's output error is <b>{state['gptq'] / state['rtn']:.2f}×</b> RTN's"
-            f"{retry}; computed in {state['seconds']:.2f} s"
-        )
+        if state["rtn"] > 0:
+            verdict = f"GPTQ's output error is <b>{state['gptq'] / state['rtn']:.2f}×</b> RTN's"
+        elif state["rtn"] == 0:  # the weights already lie on this grid: rounding changes nothing
+            verdict = (
+                "RTN is exact here (the weights already lie on this grid), and so is GPTQ"
+                if state["gptq"] == 0
+                else f"RTN is exact here (the weights lie on this grid); GPTQ's error {state['gptq']:.2e}"
+            )
+        else:  # NaN: ‖WX‖ = 0, the layer's output is zero on these inputs
+            verdict = "the layer's output is zero on these inputs: there is no error to compare"
+        self.summary.value = f"<b>{spec.label}</b>: {verdict}{retry}; computed in {state['seconds']:.2f} s"
         self.state = state
+
+    def _show_problem(self, spec: QuantSpec, message: str) -> None:
+        """The controls ask for something that cannot be computed: say so, and show no stale bars."""
+        with self.fig.batch_update():
+            self.fig.data[0].y = [0.0, 0.0]
+            self.fig.data[0].text = ["", ""]
+            self.fig.layout.title.text = f"{self.name}, {spec.label}: nothing to show"
+        self.summary.value = f"<b>{spec.label}</b>: {message}"
+        self.state = dict(spec=spec, problem=message)
 
     def set(self, **values) -> None:
         """Move controls from code, e.g. explorer.set(bits=3, act_order=True): same path as a slider."""

@@ -47,12 +47,24 @@ class LayerExplorer:
                 subplot_titles=("activation mean |x| per input channel", "rounding error per input column"),
             )
         )  # fmt: skip
-        fig.add_bar(x=[], y=[], name="mean |x|", marker_color="#1f77b4", row=1, col=1)
-        fig.add_bar(x=[], y=[], name="squared error", marker_color="#d62728", row=2, col=1)
-        fig.update_yaxes(title_text="mean |x| (log)", type="log", dtick=1, exponentformat="e", row=1, col=1)
-        fig.update_yaxes(title_text="Σ (w − ŵ)² (log)", type="log", dtick=1, exponentformat="e", row=2, col=1)
+        # points on log axes (values span decades): bars there would start at an arbitrary floor
+        fig.add_scatter(
+            x=[], y=[], mode="markers", marker=dict(color="#1f77b4", size=3), name="mean |x|", row=1, col=1
+        )
+        fig.add_scatter(
+            x=[],
+            y=[],
+            mode="markers",
+            marker=dict(color="#d62728", size=3),
+            name="squared error",
+            row=2,
+            col=1,
+        )
+        # no fixed dtick: a panel spanning less than a decade then still gets several labelled ticks
+        fig.update_yaxes(title_text="mean |x| (log)", type="log", exponentformat="e", row=1, col=1)
+        fig.update_yaxes(title_text="Σ (w − ŵ)² (log)", type="log", exponentformat="e", row=2, col=1)
         fig.update_xaxes(title_text="input channel", row=2, col=1)
-        fig.update_layout(bargap=0, template="plotly_white", width=980, height=480, showlegend=False)
+        fig.update_layout(template="plotly_white", width=980, height=480, showlegend=False)
         return fig
 
     def spec_for(self, in_features: int) -> QuantSpec | None:
@@ -66,10 +78,14 @@ class LayerExplorer:
         w, stats = self.weights[self.key], self.stats[self.key]
         spec = self.spec_for(w.shape[1])
         channels = np.arange(w.shape[1])
-        if spec is None:
-            self.summary.value = (
-                f"group size {self.group.value} does not divide in_features {w.shape[1]}: pick another"
-            )
+        if spec is None:  # say so, and show no stale figure: the controls and the figure must agree
+            message = f"group size {self.group.value} does not divide in_features {w.shape[1]}: pick another"
+            with self.fig.batch_update():
+                for trace in self.fig.data:
+                    trace.x, trace.y = [], []
+                self.fig.layout.title.text = f"{self.title}: {self.key} {tuple(w.shape)}: {message}"
+            self.summary.value = message
+            self.state = dict(problem=message)
             return
         err = layer_error(w, stats.mean_abs, spec)
         with self.fig.batch_update():

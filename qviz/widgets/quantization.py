@@ -33,14 +33,26 @@ class QuantExplorer:
     """Sliders over one weight matrix. `QuantExplorer(w, name).show()` in a notebook; `.set(...)` from code."""
 
     def __init__(self, w: torch.Tensor, name: str = "weight", row: int | None = None):
+        if not isinstance(w, torch.Tensor) or w.dim() != 2 or w.numel() == 0:
+            raise ValueError(
+                "QuantExplorer shows a 2-D weight (out_features, in_features) with at least one value"
+            )
         self.w = w.detach().float().cpu()
+        if not torch.isfinite(self.w).all():
+            raise ValueError("the weight has NaN or Inf values: only finite weights can be quantized")
         self.name = name
         # By default show the row with the largest weight: that is where a shared grid hurts most.
         self.row = int(self.w.abs().amax(1).argmax()) if row is None else row
+        if not 0 <= self.row < self.w.shape[0]:
+            raise ValueError(f"row must be in [0, {self.w.shape[0] - 1}], got {row}")
         self.bits = W.IntSlider(value=4, min=2, max=8, description="bits", continuous_update=False)
-        self.granularity = W.Dropdown(
-            options=GRANULARITY_CHOICES, value="per-channel", description="scale per"
-        )
+        # only the group sizes that divide a row: the control never offers a setting the figure cannot show
+        choices = [
+            g
+            for g in GRANULARITY_CHOICES
+            if not g.startswith("group") or self.w.shape[1] % int(g.split()[1]) == 0
+        ]
+        self.granularity = W.Dropdown(options=choices, value="per-channel", description="scale per")
         self.symmetric = W.ToggleButtons(options=[("symmetric", True), ("asymmetric", False)], value=True)
         self.clip = W.FloatSlider(
             value=1.0, min=0.3, max=1.0, step=0.05, description="clip ratio", continuous_update=False
@@ -81,9 +93,7 @@ class QuantExplorer:
         fig.update_xaxes(title_text="weight value", row=1, col=1)
         fig.update_yaxes(title_text="count (weights per bin)", row=1, col=1)
         fig.update_xaxes(title_text="output row (channel)", row=1, col=2)
-        fig.update_yaxes(
-            title_text="mean squared error (log)", type="log", dtick=1, exponentformat="e", row=1, col=2
-        )
+        fig.update_yaxes(title_text="mean squared error (log)", type="log", exponentformat="e", row=1, col=2)
         fig.update_layout(
             bargap=0, template="plotly_white", width=980, height=440, title_font_size=15,
             legend=dict(orientation="h", y=-0.2),
