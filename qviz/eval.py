@@ -37,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .arch import decoder_layers, family_of, linear_layers
+from .data import as_windows, check_positions, check_token_ids
 
 __all__ = [
     "Evaluation",
@@ -55,17 +56,24 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _as_rows(windows: torch.Tensor) -> torch.Tensor:
-    if not isinstance(windows, torch.Tensor) or windows.dim() not in (1, 2) or windows.numel() == 0:
-        raise ValueError("windows must be a non-empty LongTensor of token ids, shape (n, L) or (L,)")
-    return windows.long().reshape(-1, windows.shape[-1])
+def _as_rows(model: nn.Module, windows, bos: list[int]) -> torch.Tensor:
+    """(n, L) token ids checked against the model: integers, inside its vocabulary, and something to score."""
+    rows = as_windows(windows)
+    check_token_ids(model, rows)
+    check_token_ids(model, torch.tensor(bos, dtype=torch.long), "bos_token_id")
+    if rows.shape[1] < 2 and not bos:
+        raise ValueError(
+            "windows of one token and no BOS leave nothing to score (a token needs one before it): pass longer "
+            "windows or a bos_token_id"
+        )
+    return rows
 
 
 def _bos(model: nn.Module, bos_token_id: int | str | None) -> list[int]:
     """[BOS id] or []: "auto" takes the model's config.bos_token_id (if any)."""
     if bos_token_id == "auto":
         bos_token_id = getattr(getattr(model, "config", None), "bos_token_id", None)
-    elif bos_token_id is not None and not isinstance(bos_token_id, int):
+    elif bos_token_id is not None and (isinstance(bos_token_id, bool) or not isinstance(bos_token_id, int)):
         raise ValueError(f"bos_token_id must be an int, 'auto' or None, got {bos_token_id!r}")
     return [] if bos_token_id is None else [bos_token_id]
 
@@ -86,9 +94,12 @@ def nll(
     progress: bool = True,
 ) -> tuple[float, int]:
     """(total negative log-likelihood in nats, number of scored tokens); see the module docstring."""
-    rows = _as_rows(windows)
-    length = rows.shape[1]
     bos = _bos(model, bos_token_id)
+    rows = _as_rows(model, windows, bos)
+    length = rows.shape[1]
+    for name, value in (("seqlen", seqlen), ("stride", stride)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} must be an integer or None, got {value!r}")
     seqlen = length + len(bos) if seqlen is None else seqlen
     ctx = seqlen - len(bos)  # text tokens per chunk
     stride = ctx if stride is None else stride
@@ -96,6 +107,7 @@ def nll(
         raise ValueError(
             f"need 1 <= stride <= seqlen{' - 1 (BOS)' if bos else ''}; got seqlen={seqlen}, stride={stride}"
         )
+    check_positions(model, min(seqlen, length + len(bos)), lambda limit: f"pass seqlen={limit} or less")
     starts = range(0, max(length - ctx, 0) + stride, stride)  # the last chunk reaches the end of the row
     total, count = 0.0, 0
     bar = tqdm(total=len(rows) * len(starts), desc="perplexity", unit="chunk", disable=not progress)
@@ -168,7 +180,8 @@ class ReferenceLogits:
     def __init__(
         self, reference: nn.Module, windows: torch.Tensor, *, bos_token_id: int | str | None = "auto"
     ):
-        self.model, self.windows, self.bos = reference, _as_rows(windows), _bos(reference, bos_token_id)
+        bos = _bos(reference, bos_token_id)
+        self.model, self.windows, self.bos = reference, _as_rows(reference, windows, bos), bos
         self._logits: dict[int, torch.Tensor] = {}  # row -> (scored tokens, vocab) float32, on the CPU
 
     def logits(self, row: int) -> torch.Tensor:
@@ -226,13 +239,26 @@ def evaluate(
     KL(p‖q) = Σ_v p(v) (log p(v) − log q(v)) per token, p from the reference, q from the model under test.
     reference: the float model, or its `ReferenceLogits` on these windows (computed once for many models).
     """
-    rows = _as_rows(windows)
     bos = _bos(model, bos_token_id)
+    rows = _as_rows(model, windows, bos)
+    ref_model = reference.model if isinstance(reference, ReferenceLogits) else reference
     if isinstance(reference, ReferenceLogits):
         if reference.bos != bos or not torch.equal(reference.windows, rows):
             raise ValueError("these ReferenceLogits were computed on other windows (or another BOS)")
-    elif reference is not None and bos != _bos(reference, bos_token_id):
-        raise ValueError("the two models have different BOS tokens: pass bos_token_id explicitly")
+    elif reference is not None:
+        if bos != _bos(reference, bos_token_id):
+            raise ValueError("the two models have different BOS tokens: pass bos_token_id explicitly")
+        _as_rows(reference, rows, bos)  # its vocabulary too
+    if ref_model is not None:
+        sizes = [getattr(m.get_output_embeddings(), "out_features", None) for m in (model, ref_model)]
+        if sizes[0] != sizes[1]:
+            raise ValueError(
+                f"the model predicts {sizes[0]} tokens, the reference {sizes[1]}: KL and top-1 compare two "
+                "models of one vocabulary (a quantized model and its float original)"
+            )
+    for m in (model, ref_model) if ref_model is not None else (model,):
+        fix = lambda limit: f"use windows of at most {limit - len(bos)} tokens (seqlen={limit - len(bos)})"
+        check_positions(m, rows.shape[1] + len(bos), fix)
     nlls, stats = [], []
     for index, row in enumerate(tqdm(rows, desc="evaluate", unit="window", disable=not progress)):
         ids = torch.cat([torch.tensor(bos, dtype=torch.long), row])[None]
@@ -283,11 +309,13 @@ def paired_difference(a: list[float], b: list[float], block: int = 64) -> tuple[
     >>> paired_difference([1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 2.0, 3.0], block=2)
     (1.0, 0.0)
     """
-    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
-    if d.dim() != 1 or len(d) < 2 * block:
+    a, b = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    if a.dim() != 1 or a.shape != b.shape or len(a) < 2 * block:  # unequal lengths would broadcast
         raise ValueError(
-            f"need two equal-length lists of at least {2 * block} tokens (block={block}), got {len(d)}"
+            f"need two equal-length lists of at least {2 * block} tokens (block={block}), got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
         )
+    d = a - b
     means = d[: len(d) // block * block].reshape(-1, block).mean(1)
     return d.mean().item(), (means.std() / math.sqrt(len(means))).item()
 
@@ -344,9 +372,17 @@ def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 40)
 
     Returns only the new text, without the prompt.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
     enc = tokenizer(prompt, return_tensors="pt").to(_device(model))
+    check_token_ids(model, enc["input_ids"], "the prompt's tokens")
+    n = enc["input_ids"].shape[1]
+    fix = lambda limit: f"ask for at most {limit - n} new tokens, or shorten the prompt"
+    check_positions(
+        model, n + max_new_tokens, fix, f"the prompt's {n} tokens + max_new_tokens={max_new_tokens}"
+    )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = model.generate(
         **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, top_p=None, top_k=None

@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from .pack import pack_compressed_tensors, pack_gptq, unpack_compressed_tensors, unpack_gptq
@@ -55,6 +55,15 @@ FORMATS = ("compressed-tensors", "gptq")
 SAFETENSORS = "model.safetensors"
 _save_file = save_file  # called through this name so that a test can make it fail midway
 _QUANT_BUFFERS = ("qweight", "scales", "zero_point", "g_idx")  # a QuantLinear's own state (its bias is kept)
+# per format: the packed weight that marks a quantized Linear, and every tensor such a Linear stores
+_RESAVE = "The checkpoint is incomplete or damaged: save it again with qviz.export.save_quantized"
+_LAYER_TENSORS = {
+    "gptq": ("qweight", ("qweight", "qzeros", "scales", "g_idx")),
+    "compressed-tensors": (
+        "weight_packed",
+        ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point"),
+    ),
+}
 
 
 @dataclass
@@ -193,7 +202,12 @@ def save_quantized(
     qconfig = quantization_config(result.spec, format, ignore, desc_act)
     config = model.config.to_dict() if hasattr(model, "config") else {}
     config["quantization_config"] = qconfig
-    meta = {"method": result.method, "spec": asdict(result.spec), "options": result.options}
+    meta = {
+        "method": result.method,
+        "spec": asdict(result.spec),
+        "options": result.options,
+        "linears": sorted(result.linears),  # so that load_quantized can tell when one is missing
+    }
 
     with _atomic_folder(Path(path), overwrite) as tmp:
         _save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt", "qviz": json.dumps(meta)})
@@ -206,40 +220,112 @@ def save_quantized(
 
 
 def load_quantized(path: str | os.PathLike) -> QuantizedCheckpoint:
-    """Read a folder written by `save_quantized` (or another tool writing the same formats) bit-exactly."""
+    """Read a folder written by `save_quantized` (or another tool writing the same formats) bit-exactly.
+
+    Raises ValueError, naming the file or the layer, for a missing or truncated file, a config without the
+    fields of its format, a layer whose tensors are incomplete or disagree with each other, and (for files
+    qviz wrote) a quantized linear that is missing or that contradicts the recorded spec. Files of other tools
+    do not record which linears they quantized: there a wholly missing layer shows in `load_quantized_model`.
+    """
     path = Path(path)
-    config = json.loads((path / "config.json").read_text())
-    qconfig = config.get("quantization_config")
-    if not qconfig:
-        raise ValueError(f"{path}/config.json has no quantization_config")
-    with safe_open(str(path / SAFETENSORS), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("qviz", "{}"))
-    tensors = load_file(str(path / SAFETENSORS))
-    fmt = qconfig.get("quant_method")
+    config, meta, tensors = _read_folder(path)
+    weights = path / SAFETENSORS
+    fmt, bits, symmetric, group_size = _format_of(config, path / "config.json")
+    packed, parts = _LAYER_TENSORS[fmt]
     quantized = {}
-    if fmt == "gptq":
-        bits, symmetric = qconfig["bits"], qconfig["sym"]
-        for name in [k.removesuffix(".qweight") for k in tensors if k.endswith(".qweight")]:
-            parts = {s: tensors.pop(f"{name}.{s}") for s in ("qweight", "qzeros", "scales", "g_idx")}
-            quantized[name] = unpack_gptq(parts, bits, symmetric, dtype=parts["scales"].dtype)
-    elif fmt == "compressed-tensors":
-        weights = qconfig["config_groups"]["group_0"]["weights"]
-        bits, symmetric = weights["num_bits"], weights["symmetric"]
-        for name in [k.removesuffix(".weight_packed") for k in tensors if k.endswith(".weight_packed")]:
-            keys = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
-            parts = {s: tensors.pop(f"{name}.{s}") for s in keys if f"{name}.{s}" in tensors}
-            quantized[name] = unpack_compressed_tensors(
-                parts, bits, symmetric, dtype=parts["weight_scale"].dtype
+    for name in [k.removesuffix(f".{packed}") for k in tensors if k.endswith(f".{packed}")]:
+        layer = {s: tensors.pop(f"{name}.{s}") for s in parts if f"{name}.{s}" in tensors}
+        scales = layer.get("scales", layer.get("weight_scale"))
+        dtype = scales.dtype if scales is not None else torch.float16
+        try:
+            if fmt == "gptq":
+                quantized[name] = unpack_gptq(layer, bits, symmetric, dtype=dtype)
+            else:
+                quantized[name] = unpack_compressed_tensors(layer, bits, symmetric, dtype=dtype)
+        except ValueError as err:
+            raise ValueError(f"{weights}: layer {name}: {err}. {_RESAVE}") from None
+    orphans = sorted({k.rpartition(".")[0] for k in tensors if k.rpartition(".")[2] in parts})
+    if orphans:
+        raise ValueError(f"{weights}: {orphans[:3]} have quantization tensors but no {packed}. {_RESAVE}")
+    if not quantized:
+        raise ValueError(f"{weights} holds no quantized linears (no *.{packed} tensors). {_RESAVE}")
+    saved = set(meta.get("linears", quantized))  # written by qviz: exactly these linears were quantized
+    if saved != set(quantized):
+        missing, extra = sorted(saved - set(quantized)), sorted(set(quantized) - saved)
+        problems = [f"{len(missing)} of them have no tensors, e.g. {missing[:3]}"] if missing else []
+        problems += [f"{len(extra)} other linears have tensors, e.g. {extra[:3]}"] if extra else []
+        raise ValueError(
+            f"{weights} was saved with {len(saved)} quantized linears, but {' and '.join(problems)}. {_RESAVE}"
+        )
+    try:
+        spec = QuantSpec(**meta["spec"]) if "spec" in meta else None  # qviz's exact spec (restricted_range)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{weights}: its qviz metadata holds no valid spec ({err}). {_RESAVE}") from None
+    try:
+        spec = spec or QuantSpec(bits=bits, symmetric=symmetric, group_size=group_size)
+    except ValueError as err:
+        raise ValueError(f"{path / 'config.json'}: {err}") from None
+    # the grid, with the group length as stored: "tensor" per row, "channel" one group as long as the row
+    grid = lambda s, k: (s.bits, s.symmetric, s.group_size or k)
+    for name, qt in quantized.items():
+        if grid(qt.spec, qt.codes.shape[-1]) != grid(spec, qt.codes.shape[-1]):
+            raise ValueError(
+                f"{weights}: layer {name} holds {qt.spec.label} codes, but the checkpoint says {spec.label}. "
+                f"{_RESAVE}"
             )
-    else:
-        raise ValueError(f"quant_method must be one of {FORMATS}, got {fmt!r}")
-    if "spec" in meta:  # written by qviz: the exact spec (e.g. restricted_range)
-        spec = QuantSpec(**meta["spec"])
-    else:
-        group_size = next(iter(quantized.values())).spec.group_size if quantized else None
-        spec = QuantSpec(bits=bits, symmetric=symmetric, group_size=group_size)
     result = QuantResult(meta.get("method", fmt), spec, quantized, options=meta.get("options", {}))
     return QuantizedCheckpoint(fmt, config, result, tensors)
+
+
+def _read_folder(path: Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """(config.json, qviz's metadata, every tensor) of a checkpoint folder; ValueError naming what is wrong."""
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a checkpoint folder: pass the folder that save_quantized wrote")
+    config_file, weights = path / "config.json", path / SAFETENSORS
+    for f in (config_file, weights):
+        if not f.is_file():
+            raise ValueError(f"{f} is missing. {_RESAVE}")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise ValueError(f"{config_file} is not valid JSON ({err}). {_RESAVE}") from None
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = (f.metadata() or {}).get("qviz", "{}")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"{weights} is not a readable safetensors file ({err}): truncated? {_RESAVE}"
+        ) from None
+    try:
+        meta = json.loads(meta)
+    except ValueError:
+        raise ValueError(f"{weights}: its qviz metadata is not valid JSON. {_RESAVE}") from None
+    if not isinstance(config, dict) or not isinstance(meta, dict):
+        raise ValueError(f"{config_file} or the metadata of {weights} is not a JSON object. {_RESAVE}")
+    return config, meta, tensors
+
+
+def _format_of(config: dict, config_file: Path) -> tuple[str, int, bool, int | None]:
+    """(format, bits, symmetric, group_size or None) from config.json's quantization_config."""
+    qconfig = config.get("quantization_config")
+    if not qconfig:
+        raise ValueError(
+            f"{config_file} has no quantization_config: not a quantized checkpoint (a float model loads with "
+            "qviz.models.load_model)"
+        )
+    fmt = qconfig.get("quant_method") if isinstance(qconfig, dict) else None
+    if fmt not in FORMATS:
+        raise ValueError(f"{config_file}: quant_method must be one of {FORMATS}, got {fmt!r}")
+    try:
+        if fmt == "gptq":  # group_size -1: one group per output channel
+            return fmt, qconfig["bits"], qconfig["sym"], max(qconfig["group_size"], 0) or None
+        weights = qconfig["config_groups"]["group_0"]["weights"]
+        return fmt, weights["num_bits"], weights["symmetric"], weights.get("group_size")
+    except (KeyError, TypeError) as err:
+        raise ValueError(
+            f"{config_file}: the {fmt} quantization_config has no field {err}. {_RESAVE}"
+        ) from None
 
 
 def _no_init_weights():
@@ -267,23 +353,37 @@ def load_quantized_model(
 
     ckpt = load_quantized(path)
     cfg = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
+    if "model_type" not in cfg:
+        raise ValueError(
+            f"{Path(path) / 'config.json'} has no model_type: cannot tell which architecture to build"
+        )
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     if dtype is None:
         stored = {t.dtype for t in ckpt.tensors.values() if t.is_floating_point()}
         dtype = stored.pop() if len(stored) == 1 else torch.float32
     with _no_init_weights():  # every tensor is overwritten below: skip the random initialisation
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-    quantize_linears(model, ckpt.result, backend)
-    if getattr(model.config, "tie_word_embeddings", False):
-        model.tie_weights()
-    missing, unexpected = model.load_state_dict(ckpt.tensors, strict=False)
     quantized = {f"{n}.{b}" for n in ckpt.result.linears for b in _QUANT_BUFFERS}
+    stray = [k for k in ckpt.tensors if k in quantized]  # would overwrite a QuantLinear's own buffers
+    if stray:
+        raise ValueError(
+            f"{path}: tensors {stray[:3]} belong to quantized linears but are not in the {ckpt.format} layout. "
+            f"{_RESAVE}"
+        )
+    try:
+        quantize_linears(model, ckpt.result, backend)
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.tie_weights()
+        missing, unexpected = model.load_state_dict(ckpt.tensors, strict=False)
+    except (ValueError, RuntimeError) as err:  # RuntimeError: load_state_dict's size mismatches
+        raise ValueError(f"{path}: the checkpoint does not match its config.json: {err}") from None
     state = model.state_dict()
     loaded = {state[k].data_ptr() for k in ckpt.tensors if k in state}
     # tied weights (lm_head = embedding) were stored once: they count as loaded through their twin
     missing = [k for k in missing if k not in quantized and state[k].data_ptr() not in loaded]
     if missing or unexpected:
         raise ValueError(
-            f"{path}: checkpoint does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"{path}: the checkpoint does not match its config.json: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}. {_RESAVE}"
         )
     return model

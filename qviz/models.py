@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from .arch import FAMILIES, ArchFamily, ScaleGroup, decoder_layers, family_of, linear_layers, scale_groups
@@ -42,6 +43,7 @@ __all__ = [
     "OfflineModel",
     "ScaleGroup",
     "cache_dir",
+    "cache_problem",
     "cached_model_dir",
     "clear_memory_cache",
     "decoder_layers",
@@ -94,6 +96,57 @@ def cache_dir() -> Path:
 def cached_model_dir(name: str) -> Path:
     """The safetensors folder of an offline model (exists only after its first load)."""
     return cache_dir() / "models" / name
+
+
+def cache_problem(name: str) -> str | None:
+    """Why the converted cache of offline model `name` cannot be loaded, or None when it is complete:
+    "not converted yet", a marker of another cache format or model, or a missing or truncated file. Reads only
+    the safetensors headers (a truncated file fails there), not the weights."""
+    folder = cached_model_dir(name)
+    marker = folder / "qviz.json"
+    if not marker.is_file():
+        return (
+            "not converted yet" if not folder.exists() else f"{marker} is missing (an unfinished conversion?)"
+        )
+    try:
+        info = json.loads(marker.read_text())
+    except ValueError:
+        return f"{marker} is not valid JSON"
+    if not isinstance(info, dict) or info.get("format") != _CACHE_FORMAT:
+        return f"{marker} is not a qviz cache marker of format {_CACHE_FORMAT} (written by another qviz version?)"
+    if info.get("source") != OFFLINE_MODELS[name].package:
+        return f"{marker} says the folder holds {info.get('source')!r}, not {OFFLINE_MODELS[name].package!r}"
+    return _folder_problem(folder)
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """What keeps a model folder from loading: no config.json, no tokenizer, or safetensors weights that are
+    missing (those its index names, too) or truncated. None when there is nothing wrong to see."""
+    if not (folder / "config.json").is_file():
+        return f"{folder / 'config.json'} is missing"
+    if not any(
+        (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    ):
+        return f"{folder} has no tokenizer files (tokenizer.json, tokenizer_config.json)"
+    weights = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            named = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return f"{index} is not a valid safetensors index"
+        missing = sorted(f for f in named if not (folder / f).is_file())
+        if missing:
+            return f"{folder / missing[0]} is missing ({len(missing)} of the files {index.name} names)"
+    if not weights:
+        return f"{folder} has no weights file (model.safetensors)"
+    for f in weights:
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            return f"{f} is unreadable ({err})"
+    return None
 
 
 def is_installed(name: str) -> bool:
@@ -193,10 +246,22 @@ def _resolve(name: str) -> tuple[str, bool]:
     """(source for from_pretrained, local_files_only). Raises ValueError for names that cannot be loaded."""
     if name in OFFLINE_MODELS:
         folder = cached_model_dir(name)
-        if not (folder / "qviz.json").exists():
+        if not folder.exists():
             _convert(OFFLINE_MODELS[name], folder)
+        problem = cache_problem(name)
+        if problem:
+            raise ValueError(
+                f"the converted cache of {name!r} cannot be loaded: {problem}. Delete the folder {folder} and "
+                f"load again: it is converted anew from the package {OFFLINE_MODELS[name].package} (~1 minute)"
+            )
         return str(folder), True
     if Path(name).is_dir():
+        problem = _folder_problem(Path(name))
+        if problem:
+            raise ValueError(
+                f"{name} is not a complete model folder: {problem}. A folder needs config.json, the weights "
+                "in safetensors and the tokenizer files (what save_pretrained of a model and its tokenizer writes)"
+            )
         return str(Path(name).resolve()), True
     if name.count("/") != 1 or name.startswith((".", "/")):
         raise ValueError(
@@ -241,8 +306,16 @@ def load_model(
 
         source, local_only = _resolve(name)
         kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        except (OSError, SafetensorError, RuntimeError) as err:  # files that pass the checks, yet do not load
+            if name not in OFFLINE_MODELS:
+                raise
+            raise ValueError(
+                f"the converted cache of {name!r} at {source} does not load ({type(err).__name__}: {err}). "
+                f"Delete the folder {source} and load again: it is converted anew from the package"
+            ) from err
         _LOADED[key] = (model.eval(), tokenizer)
     model, tokenizer = _LOADED[key]
     if fresh:

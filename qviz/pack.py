@@ -41,7 +41,7 @@ import warnings
 
 import torch
 
-from .quant import QuantizedTensor, QuantSpec
+from .quant import QuantizedTensor, QuantSpec, check_quantized
 
 __all__ = [
     "pack_bits",
@@ -141,14 +141,34 @@ def _per_row(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 
 def to_unsigned(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes and zero points shifted into [0, 2^b - 1]: u = c - qmin (symmetric: c + 2^(b-1), zero 2^(b-1))."""
+    """Codes and zero points shifted into [0, 2^b - 1]: u = c - qmin (symmetric: c + 2^(b-1), zero 2^(b-1)).
+
+    Raises ValueError for codes or zero points outside the code range (a zero point of 300 would otherwise be
+    masked or wrapped into b bits) and for anything else `qviz.quant.check_quantized` refuses."""
     _, zero_point, _ = _per_row(qt)
-    if qt.codes.numel() and (qt.codes.min() < qt.spec.qmin or qt.codes.max() > qt.spec.qmax):
-        raise ValueError(
-            f"codes must lie in [{qt.spec.qmin}, {qt.spec.qmax}] for {qt.spec.label}, "
-            f"got [{qt.codes.min()}, {qt.codes.max()}]"
-        )
+    check_quantized(qt)
     return qt.codes - qt.spec.qmin, zero_point - qt.spec.qmin
+
+
+def _scales_as(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`scale` in the dtype a layout stores, refused where the cast would do more than round: a scale past
+    the dtype's largest value becomes inf, one below its smallest subnormal becomes 0 (float16: 65504, 6e-8)."""
+    stored = scale.to(dtype)
+    if not torch.isfinite(stored).all() or (stored == 0).any():
+        fi = torch.finfo(dtype)
+        raise ValueError(
+            f"scales in [{scale.min().item():.3g}, {scale.max().item():.3g}] do not fit {dtype} (from "
+            f"{fi.tiny * fi.eps:.3g} to {fi.max:.6g}): keep them in float32 (scale_dtype=torch.float32, "
+            "e.g. save_quantized(..., format='compressed-tensors', scale_dtype=torch.float32); the GPTQ format "
+            "stores float16), or rescale the weights"
+        )
+    return stored
+
+
+def _required(tensors: dict, layout: str, names: tuple[str, ...]) -> None:
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise ValueError(f"{layout} needs the tensors {list(names)}; missing {missing}")
 
 
 def _from_unsigned(
@@ -158,9 +178,11 @@ def _from_unsigned(
     spec = QuantSpec(bits=bits, symmetric=symmetric, group_size=group_size)
     if symmetric and not bool((uz == -spec.qmin).all()):
         raise ValueError(f"symmetric={symmetric} but stored zero points are not all {-spec.qmin}")
-    return QuantizedTensor(
+    qt = QuantizedTensor(
         (u + spec.qmin).to(torch.int32), scale.float(), (uz + spec.qmin).to(torch.int32), spec, dtype, g_idx
     )
+    check_quantized(qt)  # shapes that disagree with each other, scales that are not positive and finite
+    return qt
 
 
 def _check_contiguous_groups(qt: QuantizedTensor, layout: str) -> None:
@@ -212,7 +234,7 @@ def pack_gptq(qt: QuantizedTensor, scale_dtype=torch.float16) -> dict[str, torch
     return {
         "qweight": pack_bits(u.T, bits, dim=0),
         "qzeros": pack_bits((uz.T - 1) & (2**bits - 1), bits, dim=1),
-        "scales": scale.T.to(scale_dtype).contiguous(),
+        "scales": _scales_as(scale.T, scale_dtype).contiguous(),
         "g_idx": g_idx.to(torch.int32).clone(),  # its own storage: linears of one stack share one g_idx
     }
 
@@ -222,6 +244,7 @@ def unpack_gptq(
 ) -> QuantizedTensor:
     """Inverse of `pack_gptq`; the QuantizedTensor's g_idx is None when the stored one is the plain k // g."""
     _check_bits(bits, "gptq")
+    _required(tensors, "GPTQ", ("qweight", "qzeros", "scales"))
     scales = tensors["scales"]
     n_groups, n = scales.shape
     k = tensors["qweight"].shape[0] * 32 // bits
@@ -262,7 +285,7 @@ def pack_awq(qt: QuantizedTensor, scale_dtype=torch.float16) -> dict[str, torch.
     return {
         "qweight": _awq_pack_columns(u.T.contiguous()),
         "qzeros": _awq_pack_columns(uz.T.contiguous()),
-        "scales": scale.T.to(scale_dtype).contiguous(),
+        "scales": _scales_as(scale.T, scale_dtype).contiguous(),
     }
 
 
@@ -270,6 +293,7 @@ def unpack_awq(
     tensors: dict[str, torch.Tensor], symmetric: bool = False, dtype=torch.float16
 ) -> QuantizedTensor:
     """Inverse of `pack_awq` (AWQ checkpoints are asymmetric; symmetric=True maps zero 8 back to codes -8..7)."""
+    _required(tensors, "AWQ GEMM", ("qweight", "qzeros", "scales"))
     u = _awq_unpack_columns(tensors["qweight"]).T
     uz = _awq_unpack_columns(tensors["qzeros"]).T
     scales = tensors["scales"].T
@@ -295,7 +319,7 @@ def pack_compressed_tensors(qt: QuantizedTensor, scale_dtype=torch.float16) -> d
     u, uz = to_unsigned(qt)  # unsigned = signed + 2^(b-1) for every spec, since qmin is 0 or -2^(b-1)
     out = {
         "weight_packed": pack_bits(u, bits, dim=1),
-        "weight_scale": scale.to(scale_dtype).contiguous(),
+        "weight_scale": _scales_as(scale, scale_dtype).contiguous(),
         "weight_shape": torch.tensor(list(u.shape)),
     }
     if not qt.spec.symmetric:
@@ -308,9 +332,15 @@ def unpack_compressed_tensors(
 ) -> QuantizedTensor:
     """Inverse of `pack_compressed_tensors`."""
     _check_bits(bits, "compressed-tensors")
+    names = ("weight_packed", "weight_scale", "weight_shape") + (() if symmetric else ("weight_zero_point",))
+    _required(tensors, "compressed-tensors" + ("" if symmetric else " (asymmetric)"), names)
+    if tensors["weight_shape"].numel() != 2:
+        raise ValueError(f"weight_shape must hold [out_features, in_features], got {tensors['weight_shape']}")
     n, k = (int(x) for x in tensors["weight_shape"])
     scale = tensors["weight_scale"]
     u = unpack_bits(tensors["weight_packed"], bits, k, dim=1)
+    if u.shape[0] != n:
+        raise ValueError(f"weight_shape says {n} output rows, but weight_packed holds {u.shape[0]}")
     if symmetric:
         uz = torch.full(scale.shape, 2 ** (bits - 1), dtype=torch.int32, device=u.device)
     else:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .kernels import torch_int4
-from .pack import pack_bits, to_unsigned, unpack_bits
+from .pack import _scales_as, pack_bits, to_unsigned, unpack_bits
 from .quant import QuantizedTensor, QuantSpec, quantize
 from .result import QuantResult
 
@@ -62,6 +62,11 @@ class QuantLinear(nn.Module):
     ):
         super().__init__()
         self.spec = QuantSpec(bits=bits, symmetric=symmetric, group_size=group_size)
+        if bits > 8:
+            raise ValueError(
+                f"QuantLinear holds 2- to 8-bit codes (packed by qviz.pack.pack_bits; zero points in uint8), "
+                f"got bits={bits}: use fake quantization (QuantResult.apply) for wider codes"
+            )
         self.in_features, self.out_features = in_features, out_features
         self.group_size = group_size or in_features  # per-channel = one group as long as the row
         if in_features % self.group_size or (in_features * bits) % 32:
@@ -126,7 +131,7 @@ class QuantLinear(nn.Module):
             scale_dtype or qt.dtype, "reference", u.device,
         )  # fmt: skip
         layer.qweight.copy_(pack_bits(u.T, qt.spec.bits, dim=0))
-        layer.scales.copy_(qt.scale.expand(n, -1).T)
+        layer.scales.copy_(_scales_as(qt.scale.expand(n, -1).T, layer.scales.dtype))
         layer.zero_point.copy_(uz.T)
         if g_idx is not None:
             layer.g_idx.copy_(g_idx)
@@ -140,6 +145,16 @@ class QuantLinear(nn.Module):
         """Round-to-nearest quantize `linear.weight` under `spec` and pack it."""
         qt = quantize(linear.weight.detach(), spec)
         return cls.from_quantized(qt, linear.bias, backend=backend)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # copy_ into the uint8 buffer would wrap a zero point of 300 to 44: refuse what the codes cannot hold
+        zero_point, top = state_dict.get(prefix + "zero_point"), 2**self.spec.bits - 1
+        if zero_point is not None and zero_point.numel() and (zero_point.min() < 0 or zero_point.max() > top):
+            raise ValueError(
+                f"{prefix}zero_point: a {self.spec.bits}-bit QuantLinear stores unsigned zero points in [0, {top}], "
+                f"got values in [{zero_point.min().item()}, {zero_point.max().item()}]"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def unsigned_codes(self) -> torch.Tensor:
         """Unpacked codes q = code - qmin, (out_features, in_features) int32 in [0, 2^b)."""
@@ -242,7 +257,17 @@ def quantize_linears(model: nn.Module, result: QuantResult, backend: str = "auto
             raise ValueError(f"the result names {name!r}, which this model does not have") from None
         if not isinstance(linears[name], nn.Linear) or isinstance(linears[name], QuantLinear):
             raise ValueError(f"{name!r} is a {type(linears[name]).__name__}, not an nn.Linear")
+        shape = tuple(result.linears[name].codes.shape)
+        if shape != tuple(linears[name].weight.shape):
+            raise ValueError(
+                f"{name}: the result holds a {shape} weight, the model's linear is "
+                f"{tuple(linears[name].weight.shape)}: was the result made for another model?"
+            )
     state = model.state_dict()
+    for key, t in result.float_tensors.items():
+        if key not in state or state[key].shape != t.shape:
+            got = tuple(state[key].shape) if key in state else "nothing"
+            raise ValueError(f"{key}: the result holds a {tuple(t.shape)} tensor, the model has {got}")
     with torch.no_grad():
         for key, t in result.float_tensors.items():
             state[key].copy_(t)

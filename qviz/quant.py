@@ -39,6 +39,7 @@ scale = 7.5 / 7 ≈ 1.07 and codes [-7, 0, 3].
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,8 @@ import torch
 GRANULARITIES = ("tensor", "channel", "group")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MIN_BITS, MAX_BITS = 2, 16
+# qviz computes and stores in float32: normal numbers from 2^-126 ≈ 1.2e-38 to 3.4e38
+_F32 = torch.finfo(torch.float32)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,12 @@ class QuantSpec:
             raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {self.bits}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        for name in (
+            "symmetric",
+            "mse_clip",
+        ):  # symmetric="False" is a true string: say so, not grid silently
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.granularity == "group":
             if (
                 isinstance(self.group_size, bool)
@@ -117,7 +126,8 @@ class QuantizedTensor:
     """Integer codes plus what is needed to turn them back into floats.
 
     codes: same shape as the input, int32, values in [spec.qmin, spec.qmax]
-    scale, zero_point: (rows, n_groups), float32 and int32; rows = prod(shape[:-1]) ("tensor": (1, 1))
+    scale, zero_point: (rows, n_groups), float32 and int32; rows = prod(shape[:-1]) ("tensor": (1, 1));
+        scales positive and finite, zero points in [spec.qmin, spec.qmax] (0 on symmetric grids)
     g_idx: None when input column k belongs to group k // group_size (contiguous groups, the usual case);
         else (in_features,) int32, the group of every input column: GPTQ's act-order without static groups
         forms its groups in processing order, and checkpoints store that map (GPTQ's `g_idx`).
@@ -152,12 +162,128 @@ def check_tensor(w: torch.Tensor, spec: QuantSpec | None = None, *, finite: bool
         raise ValueError(
             f"tensor has {n_nan} NaN and {n_inf} Inf values: only finite values can be quantized"
         )
+    if finite and w.dtype == torch.float64 and w.abs().max() > _F32.max:
+        raise ValueError(
+            f"float64 values up to {w.abs().max().item():.3g} lie beyond float32's range (±{_F32.max:.3g}), in "
+            "which qviz computes scales and codes: divide the tensor by a power of two before quantizing it and "
+            "multiply the dequantized values back"
+        )
     if spec is not None and spec.granularity == "group" and w.shape[-1] % spec.group_size:
         divisors = [d for d in (16, 32, 64, 96, 128, 192, 256) if w.shape[-1] % d == 0]
         raise ValueError(
             f"group_size {spec.group_size} does not divide the row length {w.shape[-1]}; "
             f"group sizes that do include {divisors or [w.shape[-1]]}"
         )
+
+
+def check_quantized(qt: QuantizedTensor, name: str | None = None) -> None:
+    """Raise ValueError unless qt is what `quantize` makes: integer codes and zero points inside the code range
+    (zero points 0 on symmetric grids), positive finite scales, and qparams of the shape its codes, spec and
+    g_idx need. `name` (e.g. a linear's) starts the message. Checkpoint and result loaders call it, so a
+    damaged or foreign file is refused instead of dequantized into wrong numbers.
+    """
+    where = f"{name}: " if name else ""
+    if not isinstance(qt, QuantizedTensor):
+        raise ValueError(f"{where}expected a qviz.quant.QuantizedTensor, got {type(qt).__name__}")
+    spec, codes, scale, zero_point = qt.spec, qt.codes, qt.scale, qt.zero_point
+    if qt.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{where}dtype must be one of {FLOAT_DTYPES}, got {qt.dtype}")
+    for what, t in (("codes", codes), ("zero_point", zero_point)):
+        if not _is_integer(t):
+            raise ValueError(f"{where}{what} must be an integer tensor, got {getattr(t, 'dtype', type(t))}")
+    if codes.dim() == 0 or codes.numel() == 0:
+        raise ValueError(f"{where}codes must be a non-empty tensor, got shape {tuple(codes.shape)}")
+    if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
+        raise ValueError(
+            f"{where}scale must be a floating-point tensor, got {getattr(scale, 'dtype', type(scale))}"
+        )
+    if qt.g_idx is None:
+        expected = _qparams_shape(codes.shape, spec)
+    else:
+        k, n_groups = codes.shape[-1], scale.shape[-1] if scale.dim() == 2 else 0
+        expected = (math.prod(codes.shape[:-1]), n_groups)
+        if codes.dim() != 2 or tuple(qt.g_idx.shape) != (k,) or qt.g_idx.is_floating_point():
+            raise ValueError(
+                f"{where}g_idx must be an integer tensor of shape ({k},) for 2-D codes, "
+                f"got {tuple(qt.g_idx.shape)} {qt.g_idx.dtype} for codes {tuple(codes.shape)}"
+            )
+        if n_groups < 1 or qt.g_idx.min() < 0 or qt.g_idx.max() >= n_groups:
+            raise ValueError(f"{where}g_idx values must lie in [0, {n_groups - 1}] (one per group of scale)")
+    for what, t in (("scale", scale), ("zero_point", zero_point)):
+        if tuple(t.shape) != expected:
+            raise ValueError(
+                f"{where}{what} must have shape {expected} for codes of shape {tuple(codes.shape)} under "
+                f"{spec.label}, got {tuple(t.shape)}"
+            )
+    _check_scale(scale, where)
+    _check_zero_point(zero_point, spec, where)
+    lo, hi = torch.aminmax(codes)
+    if lo < spec.qmin or hi > spec.qmax:
+        raise ValueError(
+            f"{where}codes must lie in [{spec.qmin}, {spec.qmax}] for {spec.label}, got [{lo}, {hi}]"
+        )
+
+
+def _is_integer(t) -> bool:
+    return isinstance(t, torch.Tensor) and not (
+        t.is_floating_point() or t.is_complex() or t.dtype == torch.bool
+    )
+
+
+def _qparams_shape(shape: tuple[int, ...], spec: QuantSpec) -> tuple[int, int]:
+    """(rows, n_groups) of the scale and zero point of a tensor of `shape` under `spec`."""
+    if spec.granularity == "tensor":
+        return (1, 1)
+    rows = math.prod(shape[:-1])
+    return (rows, 1) if spec.granularity == "channel" else (rows, shape[-1] // spec.group_size)
+
+
+def _check_scale(scale: torch.Tensor, where: str = "") -> None:
+    bad = ~(torch.isfinite(scale) & (scale > 0))
+    if bad.any():
+        raise ValueError(
+            f"{where}scale must be positive and finite (in float32, as qviz stores it): {int(bad.sum())} of "
+            f"{scale.numel()} values are not (e.g. {scale[bad].flatten()[0].item()})"
+        )
+
+
+def _check_zero_point(zero_point: torch.Tensor, spec: QuantSpec, where: str = "") -> None:
+    lo, hi = int(zero_point.min()), int(zero_point.max())
+    if spec.symmetric and (lo, hi) != (0, 0):
+        raise ValueError(
+            f"{where}a symmetric grid ({spec.label}) has zero_point 0, got values in [{lo}, {hi}]: "
+            "pass zeros, or use an asymmetric spec (symmetric=False)"
+        )
+    if lo < spec.qmin or hi > spec.qmax:
+        raise ValueError(
+            f"{where}zero_point must lie in the code range [{spec.qmin}, {spec.qmax}] of {spec.label}, "
+            f"got values in [{lo}, {hi}]"
+        )
+
+
+def _user_qparams(w: torch.Tensor, spec: QuantSpec, scale, zero_point) -> tuple[torch.Tensor, torch.Tensor]:
+    """Given qparams checked against w and spec: (scale as float32, zero_point as int32)."""
+    if (scale is None) != (zero_point is None):
+        raise ValueError("pass both scale and zero_point, or neither")
+    check_tensor(w, spec)
+    expected = _qparams_shape(w.shape, spec)
+    for what, t in (("scale", scale), ("zero_point", zero_point)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != expected:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(
+                f"{what} must be a tensor of shape {expected} (rows, groups) for a tensor of shape "
+                f"{tuple(w.shape)} under {spec.label}, got {got}"
+            )
+    if not scale.is_floating_point():
+        raise ValueError(f"scale must be a floating-point tensor, got {scale.dtype}")
+    if not _is_integer(zero_point):
+        raise ValueError(
+            f"zero_point must be an integer tensor (codes are integers), got {zero_point.dtype}: "
+            "pass zero_point.round().to(torch.int32)"
+        )
+    _check_scale(scale.float())
+    _check_zero_point(zero_point, spec)
+    return scale.float(), zero_point.to(torch.int32)
 
 
 def _grouped(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -178,15 +304,26 @@ def _qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec):
             spec.qmax if spec.restricted_range else spec.qmax + 0.5
         )  # absmax / 7 or absmax / 7.5 (4 bits)
         scale = torch.maximum(hi, -lo) / levels
-        zero_point = torch.zeros_like(scale, dtype=torch.int32)
     else:
         scale = (hi - lo) / spec.qmax
-        zero_point = torch.zeros_like(scale, dtype=torch.int32)  # filled below, once scale is safe
-    # An all-zero group has scale 0; any scale represents it exactly, so use 1 to avoid dividing by zero.
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    if not spec.symmetric:
-        zero_point = torch.clamp(torch.round(-lo / scale), spec.qmin, spec.qmax).to(torch.int32)
+        # hi - lo overflows to inf when the range is wider than the dtype's largest value (e.g. ±3e38 in
+        # float32); dividing first cannot overflow
+        scale = torch.where(torch.isfinite(scale), scale, hi / spec.qmax - lo / spec.qmax)
+    scale = _stored_scale(scale)
+    if spec.symmetric:
+        return scale, torch.zeros_like(scale, dtype=torch.int32)
+    zero_point = torch.clamp(torch.round(-lo / scale), spec.qmin, spec.qmax).to(torch.int32)
     return scale, zero_point
+
+
+def _stored_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Scales (>= 0) as qviz uses them.
+
+    An all-zero group has scale 0; any scale represents it exactly, so it gets 1 (no division by zero). A scale
+    below float32's smallest normal number 2^-126 (a group whose largest |w| is about 1e-37 or less) would be
+    subnormal, too coarse to keep w / scale on the grid: it gets 2^-126, whose half step still covers the group.
+    """
+    return torch.where(scale > 0, scale.clamp(min=_F32.tiny), torch.ones_like(scale))
 
 
 def round_to_grid(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
@@ -234,7 +371,7 @@ def choose_qparams(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torc
     g = _grouped(w, spec)
     lo, hi = torch.aminmax(g, dim=-1)
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        check_tensor(w, spec)  # raises, counting the NaN and Inf values
+        check_tensor(w, spec)  # raises: NaN or Inf values, or float64 values beyond float32's range
     lo, hi = lo.clamp(max=0.0) * spec.clip_ratio, hi.clamp(min=0.0) * spec.clip_ratio
     if spec.mse_clip:
         lo, hi = _search_clip(g, lo, hi, spec)
@@ -247,31 +384,55 @@ def quantize(
     scale: torch.Tensor | None = None,
     zero_point: torch.Tensor | None = None,
 ) -> QuantizedTensor:
-    """Integer codes for w. Pass `scale` and `zero_point` to reuse qparams chosen elsewhere (GPTQ does)."""
-    if (scale is None) != (zero_point is None):
-        raise ValueError("pass both scale and zero_point, or neither")
-    if scale is None:
+    """Integer codes for w. Pass `scale` and `zero_point` to reuse qparams chosen elsewhere (GPTQ does): shape
+    (rows, n_groups) as `choose_qparams` returns, positive finite scales, integer zero points in
+    [qmin, qmax] (0 on a symmetric grid); anything else raises ValueError. Values outside the grid's range
+    are clipped to its end codes, as with the qparams quantize chooses under clip_ratio < 1."""
+    if scale is None and zero_point is None:
         scale, zero_point = choose_qparams(w, spec)
     else:
-        check_tensor(w, spec)
+        scale, zero_point = _user_qparams(w, spec, scale, zero_point)
     g = _grouped(w, spec)
-    s, z = scale.float().unsqueeze(-1), zero_point.unsqueeze(-1)
+    s, z = scale.unsqueeze(-1), zero_point.unsqueeze(-1)
     codes = round_to_grid(g, s, z, spec.qmin, spec.qmax).to(torch.int32)
-    return QuantizedTensor(codes.reshape(w.shape), scale.float(), zero_point.to(torch.int32), spec, w.dtype)
+    return QuantizedTensor(codes.reshape(w.shape), scale, zero_point, spec, w.dtype)
 
 
 def dequantize(qt: QuantizedTensor) -> torch.Tensor:
     """Floats back from codes: (codes - zero_point) * scale, in the original dtype.
 
     With a `g_idx`, input column k takes the qparams of group g_idx[k] (codes (rows, in_features)).
+    Computed in float32, as GPTQ's column loop does. Raises ValueError for a QuantizedTensor that
+    `check_quantized` refuses, or values beyond the range of the original dtype.
     """
+    check_quantized(qt)
+    scale = qt.scale.float()
     if qt.g_idx is not None:
         g = qt.g_idx.long()
-        w_hat = (qt.codes - qt.zero_point[:, g]) * qt.scale[:, g]
-        return w_hat.to(qt.dtype)
-    g = _grouped(qt.codes, qt.spec)
-    w_hat = (g - qt.zero_point.unsqueeze(-1)) * qt.scale.unsqueeze(-1)
-    return w_hat.reshape(qt.codes.shape).to(qt.dtype)
+        w_hat = (qt.codes - qt.zero_point[:, g]) * scale[:, g]
+    else:
+        g = _grouped(qt.codes, qt.spec)
+        w_hat = ((g - qt.zero_point.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(qt.codes.shape)
+    return _in_dtype(w_hat, qt.dtype, scale, qt.zero_point, qt.spec)
+
+
+def _in_dtype(w_hat: torch.Tensor, dtype: torch.dtype, scale, zero_point, spec: QuantSpec) -> torch.Tensor:
+    """w_hat (computed in float32) cast to `dtype`, refused where a value does not fit. A grid's end codes can
+    lie up to half a step beyond the range it was chosen for (the symmetric grid's qmin, or after rounding
+    the zero point), so a tensor reaching the largest value of its dtype (or of float32) can dequantize past
+    it. Only when the grid's extremes could overflow (a check on the qparams alone) are the values checked."""
+    out = w_hat.to(dtype)
+    reach = (zero_point - spec.qmin).abs().maximum((spec.qmax - zero_point).abs()) * scale.double()
+    largest = min(torch.finfo(dtype).max, _F32.max)
+    if reach.max() > largest and not torch.isfinite(out).all():
+        where = dtype if largest < _F32.max else f"{dtype} computed in float32"
+        raise ValueError(
+            f"dequantized values overflow {where} (largest {largest:.6g}): this grid's codes reach "
+            f"±{reach.max().item():.6g}, since a grid's end codes can lie up to half a step beyond the range "
+            "it was chosen for. Scale w down a little (e.g. w / 2, and multiply back), or quantize a float32 "
+            "copy of a float16 tensor (w.float())"
+        )
+    return out
 
 
 def fake_quantize(
@@ -280,31 +441,41 @@ def fake_quantize(
     scale: torch.Tensor | None = None,
     zero_point: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Quantize then dequantize in one pass: the float tensor a quantized model actually computes with."""
-    if (scale is None) != (zero_point is None):
-        raise ValueError("pass both scale and zero_point, or neither")
-    if scale is None:
+    """Quantize then dequantize in one pass: the float tensor a quantized model actually computes with.
+    Takes `scale` and `zero_point` as `quantize` does, and refuses what `dequantize` refuses."""
+    if scale is None and zero_point is None:
         scale, zero_point = choose_qparams(w, spec)
     else:
-        check_tensor(w, spec)
-    return _fake(_grouped(w, spec), scale.float(), zero_point, spec).reshape(w.shape).to(w.dtype)
+        scale, zero_point = _user_qparams(w, spec, scale, zero_point)
+    w_hat = _fake(_grouped(w, spec), scale, zero_point, spec).reshape(w.shape)
+    return _in_dtype(w_hat, w.dtype, scale, zero_point, spec)
 
 
 # --- error metrics -------------------------------------------------------------------------------------------
 
 
+def _same_shape(w: torch.Tensor, w_hat: torch.Tensor) -> None:
+    if w.shape != w_hat.shape:  # broadcasting (n, 1) against (n,) would average the wrong differences
+        raise ValueError(
+            f"w and w_hat must have the same shape, got {tuple(w.shape)} and {tuple(w_hat.shape)}"
+        )
+
+
 def mse(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     """Mean squared error."""
+    _same_shape(w, w_hat)
     return (w.double() - w_hat.double()).pow(2).mean().item()
 
 
 def max_abs_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     """Largest absolute difference."""
+    _same_shape(w, w_hat)
     return (w.double() - w_hat.double()).abs().max().item()
 
 
 def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB: 10·log10(Σw² / Σ(w - w_hat)²). Each extra bit adds ≈6.02 dB."""
+    _same_shape(w, w_hat)
     signal = w.double().pow(2).sum().item()
     noise = (w.double() - w_hat.double()).pow(2).sum().item()
     if noise == 0:
@@ -326,9 +497,9 @@ def bits_per_weight(
     >>> round(bits_per_weight(QuantSpec(bits=4, symmetric=False, group_size=128), (4096, 4096)), 3)
     4.156
     """
+    if not shape or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in shape):
+        raise ValueError(f"shape must be a tuple of positive integers, got {shape!r}")
     numel = math.prod(shape)
-    if numel == 0:
-        raise ValueError(f"shape {shape} has no elements")
     if zero_point_bits is None:
         zero_point_bits = 0 if spec.symmetric else spec.bits
     if spec.granularity == "tensor":

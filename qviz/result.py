@@ -25,12 +25,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from .pack import pack_bits, unpack_bits
-from .quant import QuantizedTensor, QuantSpec, dequantize
+from .quant import QuantizedTensor, QuantSpec, check_quantized, dequantize
 
 __all__ = ["QuantResult"]
 
@@ -78,6 +78,8 @@ class QuantResult:
                 )
             weight.copy_(dequantize(qt))
         for key, t in self.float_tensors.items():
+            if state[key].shape != t.shape:
+                raise ValueError(f"{key}: result has shape {tuple(t.shape)}, model {tuple(state[key].shape)}")
             state[key].copy_(t)
         return model
 
@@ -87,11 +89,15 @@ class QuantResult:
         """Write the result to one safetensors file, atomically (a temporary file renamed into place).
 
         Codes and zero points are stored unsigned and bit-packed along the rows (`qviz.pack.pack_bits`: 4-bit
-        codes take half a byte), scales in float32; the rest (spec, options, rows) as JSON metadata.
+        codes take half a byte), scales in float32; the rest (spec, options, rows) as JSON metadata. Raises
+        ValueError, naming the linear, for codes or qparams that `qviz.quant.check_quantized` refuses.
         """
         path = Path(path)
-        tensors, dtypes = {}, {}
+        tensors, dtypes, specs = {}, {}, {}
         for name, qt in self.linears.items():
+            check_quantized(qt, name)
+            if qt.spec != self.spec:  # e.g. per-row qparams of a "tensor" spec, read back from a checkpoint
+                specs[name] = asdict(qt.spec)
             tensors[f"linears.{name}.codes"] = _packed(qt.codes - qt.spec.qmin, qt.spec.bits)  # unsigned
             tensors[f"linears.{name}.zero_point"] = _packed(qt.zero_point - qt.spec.qmin, qt.spec.bits)
             tensors[f"linears.{name}.scale"] = qt.scale.float().contiguous()
@@ -107,6 +113,7 @@ class QuantResult:
             "rows": self.rows,
             "scale_groups": self.scale_groups,
             "linears": dtypes,
+            "specs": specs,  # the linears whose spec is not the result's
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -121,30 +128,41 @@ class QuantResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QuantResult:
-        """Read a file written by `save`; codes, scales and zero points come back bit for bit."""
+        """Read a file written by `save`; codes, scales and zero points come back bit for bit.
+
+        Raises ValueError naming the file (and the linear) for a missing, truncated, foreign or inconsistent
+        file, with the fix: delete it (a cached result is then recomputed).
+        """
         path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path} is not a readable qviz result: there is no such file")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["qviz"])
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (
-            Exception
-        ) as err:  # a missing, truncated or foreign file: OSError, SafetensorError, KeyError, ...
+            return cls._from_stored(meta, tensors)
+        except (SafetensorError, OSError, KeyError, TypeError, ValueError) as err:
+            # a truncated or foreign file, or metadata and tensors that do not describe a result
             raise ValueError(
                 f"{path} is not a readable qviz result ({type(err).__name__}: {err}); delete it to recompute it"
             ) from None
+
+    @classmethod
+    def _from_stored(cls, meta: dict, tensors: dict[str, torch.Tensor]) -> QuantResult:
         names = {f.name for f in fields(QuantSpec)}
         spec = QuantSpec(**{k: v for k, v in meta["spec"].items() if k in names})
         linears = {}
         for name, (dtype, *shape, n_groups) in meta["linears"].items():
+            own = QuantSpec(**meta["specs"][name]) if name in meta.get("specs", {}) else spec
             linears[name] = QuantizedTensor(
-                _unpacked(tensors[f"linears.{name}.codes"], spec.bits, shape[-1]) + spec.qmin,
+                _unpacked(tensors[f"linears.{name}.codes"], own.bits, shape[-1]) + own.qmin,
                 tensors[f"linears.{name}.scale"],
-                _unpacked(tensors[f"linears.{name}.zero_point"], spec.bits, n_groups) + spec.qmin,
-                spec,
+                _unpacked(tensors[f"linears.{name}.zero_point"], own.bits, n_groups) + own.qmin,
+                own,
                 _DTYPES[dtype],
                 tensors.get(f"linears.{name}.g_idx"),
             )
+            check_quantized(linears[name], name)
         float_tensors = {k.removeprefix("float."): t for k, t in tensors.items() if k.startswith("float.")}
         rows = [_restore_row(row) for row in meta["rows"]]
         return cls(meta["method"], spec, linears, float_tensors, rows, meta["options"], meta["scale_groups"])

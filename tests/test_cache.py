@@ -56,3 +56,45 @@ def test_quant_results_are_computed_once_and_come_back_exactly():
             again.linears[name].scale, qt.scale
         )
     assert again.rows == first.rows
+
+
+def test_a_truncated_entry_names_the_file_and_the_fix():
+    cached("rtn", {"model": "m"}, lambda: {"ppl": 21.5})
+    path = result_path("rtn", {"model": "m"})
+    path.write_text(path.read_text()[:20])
+    with pytest.raises(
+        ValueError, match=rf"{path.name} is not a readable qviz cache entry .* delete it .* refresh=True"
+    ):
+        cached("rtn", {"model": "m"}, lambda: {"ppl": 0.0})
+    assert cached("rtn", {"model": "m"}, lambda: {"ppl": 22.0}, refresh=True) == {"ppl": 22.0}
+
+
+def test_an_entry_holding_other_params_is_refused():
+    """A file under this key whose recorded params differ (copied, edited, or a hash collision) is not returned."""
+    cached("rtn", {"model": "m"}, lambda: {"ppl": 21.5})
+    path = result_path("rtn", {"model": "m"})
+    path.write_text(json.dumps({"params": {"model": "other"}, "result": {"ppl": 99.0}}))
+    with pytest.raises(ValueError, match=r"holds the result of other parameters \(\{'model': 'other'\}\)"):
+        cached("rtn", {"model": "m"}, lambda: {"ppl": 0.0})
+
+
+def test_params_json_lacks_still_key_and_match():
+    params = {"model": "m", "dtype": torch.float16, "shape": (2, 3)}
+    assert cached("rtn", params, lambda: {"ppl": 1.0}) == cached("rtn", params, lambda: {"ppl": 2.0})
+
+
+def test_a_result_that_is_not_json_is_refused_instead_of_coming_back_as_a_string():
+    with pytest.raises(ValueError, match=r"compute\(\) must return JSON data .* \.item\(\)"):
+        cached("rtn", {"model": "m"}, lambda: {"ppl": torch.tensor(21.5)})
+    assert not results_dir().exists() or not any(results_dir().iterdir())
+
+
+def test_a_truncated_quant_result_names_the_file_and_the_fix():
+    compute = lambda: rtn.quantize_model(tiny_llama(), QuantSpec(bits=4, group_size=32), progress=False)
+    cached_result("rtn", {"model": "tiny"}, compute)
+    path = result_path("rtn", {"model": "tiny"}, ".safetensors")
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(
+        ValueError, match=rf"{path.name} is not a readable qviz result .* delete it to recompute"
+    ):
+        cached_result("rtn", {"model": "tiny"}, compute)

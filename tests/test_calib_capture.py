@@ -89,3 +89,19 @@ def test_bad_windows():
         capture_layer_inputs(model, windows(), batch_size=0)
     with pytest.raises(ValueError, match="bos_token_id"):
         capture_layer_inputs(model, windows(), bos_token_id="<s>")
+
+
+def test_windows_are_checked_against_the_model():
+    """Any integer dtype is token ids; ids past the vocabulary and windows past the positions (BOS included)
+    are refused with the fix instead of IndexError inside the embedding."""
+    model, ids = tiny_llama(), windows(n=2)
+    a, _ = capture_layer_inputs(model, ids)
+    b, _ = capture_layer_inputs(model, ids.to(torch.int16))
+    assert torch.equal(a.hidden[0], b.hidden[0])
+    with pytest.raises(ValueError, match=r"calibration windows: token ids from \d+ to 300, .* has 128 ids"):
+        capture_layer_inputs(model, ids.index_fill(1, torch.tensor([3]), 300))
+    with pytest.raises(
+        ValueError, match=r"reads? 65 tokens at once, more than its 64 positions.* at most 63 tokens"
+    ):
+        capture_layer_inputs(model, torch.ones(2, 64, dtype=torch.long))
+    capture_layer_inputs(model, torch.ones(2, 64, dtype=torch.long), bos_token_id=None)  # fits without BOS

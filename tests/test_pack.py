@@ -225,3 +225,59 @@ def test_symmetric_flag_must_match_zero_points():
     t = pack_gptq(_qt(QuantSpec(bits=4, symmetric=False)))
     with pytest.raises(ValueError, match="not all 8"):
         unpack_gptq(t, 4, symmetric=True)
+
+
+@pytest.mark.parametrize(
+    "pack", [pack_gptq, pack_awq, pack_compressed_tensors], ids=["gptq", "awq", "compressed-tensors"]
+)
+def test_zero_points_outside_the_code_range_are_refused_not_wrapped(pack):
+    """A zero point of 300 for 4-bit codes: masked to 4 bits (GPTQ's zero - 1) or packed as garbage before."""
+    qt = _qt(QuantSpec(bits=4, symmetric=False, group_size=32))
+    bad = QuantizedTensor(qt.codes, qt.scale, torch.full_like(qt.zero_point, 300), qt.spec)
+    with pytest.raises(ValueError, match=r"zero_point must lie in the code range \[0, 15\] .* \[300, 300\]"):
+        pack(bad)
+
+
+@pytest.mark.parametrize("scale", [1e5, 1e-9], ids=["past-max", "below-subnormal"])
+@pytest.mark.parametrize(
+    "pack", [pack_gptq, pack_awq, pack_compressed_tensors], ids=["gptq", "awq", "compressed-tensors"]
+)
+def test_scales_that_do_not_fit_float16_are_refused(pack, scale):
+    """Stored in float16, a scale of 1e5 became inf and one of 1e-9 became 0: every weight of its group lost."""
+    qt = _qt(QuantSpec(bits=4, symmetric=False, group_size=32))
+    big = QuantizedTensor(qt.codes, torch.full_like(qt.scale, scale), qt.zero_point, qt.spec)
+    with pytest.raises(ValueError, match=r"do not fit torch.float16 .* scale_dtype=torch.float32"):
+        pack(big)
+    if pack is pack_compressed_tensors:  # float32 keeps them
+        back = unpack_compressed_tensors(pack(big, torch.float32), 4, False)
+        assert torch.equal(back.scale, big.scale)
+
+
+@pytest.mark.parametrize(
+    "pack, unpack, drop, message",
+    [
+        (pack_gptq, lambda t: unpack_gptq(t, 4, False), "scales", r"GPTQ needs .* missing \['scales'\]"),
+        (pack_awq, lambda t: unpack_awq(t), "qzeros", r"AWQ GEMM needs .* missing \['qzeros'\]"),
+        (pack_compressed_tensors, lambda t: unpack_compressed_tensors(t, 4, False), "weight_zero_point",
+         r"compressed-tensors \(asymmetric\) needs .* missing \['weight_zero_point'\]"),
+    ],
+    ids=["gptq", "awq", "compressed-tensors"],
+)  # fmt: skip
+def test_missing_tensors_are_named(pack, unpack, drop, message):
+    tensors = pack(_qt(QuantSpec(bits=4, symmetric=False, group_size=32)))
+    del tensors[drop]
+    with pytest.raises(ValueError, match=message):
+        unpack(tensors)
+
+
+def test_tensors_that_disagree_are_refused():
+    tensors = pack_compressed_tensors(_qt(QuantSpec(bits=4, group_size=32)))
+    lying = {**tensors, "weight_shape": torch.tensor([32, 128])}  # the weight is 64 x 128
+    with pytest.raises(ValueError, match="weight_shape says 32 output rows, but weight_packed holds 64"):
+        unpack_compressed_tensors(lying, 4, True)
+    short = {**tensors, "weight_scale": tensors["weight_scale"][:10]}
+    with pytest.raises(ValueError, match=r"scale must have shape \(64, 4\) .* got \(10, 4\)"):
+        unpack_compressed_tensors(short, 4, True)
+    gptq = pack_gptq(_qt(QuantSpec(bits=4, group_size=32)))
+    with pytest.raises(ValueError, match="scale must be positive and finite"):
+        unpack_gptq({**gptq, "scales": gptq["scales"] * 0}, 4, True)

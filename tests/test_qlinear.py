@@ -300,3 +300,46 @@ def test_real_model_packed_equals_fake_quantized_for_every_method(smollm2):
             assert torch.equal(packed(ids).logits, fake(ids).logits), name
         assert weight_bytes(packed) < weight_bytes(fake)
         del fake, packed
+
+
+def test_a_zero_point_of_300_is_refused_not_wrapped_to_44():
+    """QuantLinear keeps zero points in uint8: copy_ of 300 stores 44 without a word."""
+    spec = QuantSpec(bits=4, symmetric=False, group_size=64)
+    qt = quantize(_linear().weight.detach(), spec)
+    bad = QuantizedTensor(qt.codes, qt.scale, torch.full_like(qt.zero_point, 300), spec)
+    with pytest.raises(ValueError, match=r"zero_point must lie in the code range \[0, 15\] .* \[300, 300\]"):
+        QuantLinear.from_quantized(bad)
+    layer = QuantLinear.from_quantized(qt)
+    state = {**layer.state_dict(), "zero_point": torch.full(layer.zero_point.shape, 300)}
+    with pytest.raises(
+        ValueError, match=r"zero_point: a 4-bit QuantLinear stores .* \[0, 15\], got .* \[300, 300\]"
+    ):
+        layer.load_state_dict(state)
+    assert torch.equal(layer.zero_point.T.int(), qt.zero_point)  # unchanged
+
+
+def test_what_its_buffers_cannot_hold_is_refused():
+    with pytest.raises(ValueError, match="2- to 8-bit codes .* got bits=12"):
+        QuantLinear.from_linear(_linear(), QuantSpec(bits=12))
+    qt = quantize(_linear().weight.detach() * 1e8, QuantSpec(bits=4, group_size=64))  # scales ~1e6
+    with pytest.raises(ValueError, match="do not fit torch.float16"):
+        QuantLinear.from_quantized(qt, scale_dtype=torch.float16)
+    assert torch.equal(QuantLinear.from_quantized(qt).quantized().scale, qt.scale)  # float32 keeps them
+
+
+def test_quantize_linears_refuses_a_result_of_another_shape():
+    spec = QuantSpec(bits=4, group_size=64)
+    model, result = tiny_decoder_result(spec)
+    other = QuantResult(
+        "rtn", spec, {"layers.0.up": result.linears["layers.0.down"]}
+    )  # (128, 256) vs (256, 128)
+    with pytest.raises(
+        ValueError, match=r"layers.0.up: the result holds a \(128, 256\) weight, .* \(256, 128\)"
+    ):
+        quantize_linears(model, other)
+    lying = QuantResult("awq", spec, dict(result.linears), {"layers.0.up.bias": torch.zeros(3)})
+    with pytest.raises(
+        ValueError, match=r"layers.0.up.bias: the result holds a \(3,\) tensor, the model has \(256,\)"
+    ):
+        quantize_linears(model, lying)
+    assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))  # nothing swapped

@@ -6,6 +6,7 @@ import torch
 from qviz.quant import (
     QuantSpec,
     bits_per_weight,
+    check_quantized,
     choose_qparams,
     dequantize,
     fake_quantize,
@@ -209,6 +210,8 @@ def test_bits_per_weight():
         (dict(clip_ratio=0.0), r"clip_ratio must be in \(0, 1\]"),
         (dict(clip_ratio=1.5), r"clip_ratio must be in \(0, 1\]"),
         (dict(mse_clip=True, clip_ratio=0.9), "mse_clip searches the clip ratio itself"),
+        (dict(symmetric="False"), "symmetric must be True or False, got 'False'"),
+        (dict(mse_clip=1), "mse_clip must be True or False"),
     ],
     ids=[
         "bits-0",
@@ -220,6 +223,8 @@ def test_bits_per_weight():
         "clip-0",
         "clip-1.5",
         "mse-and-clip",
+        "symmetric-string",
+        "mse-clip-int",
     ],
 )
 def test_bad_spec(kwargs, message):
@@ -252,3 +257,101 @@ def test_bad_tensor(w, message):
         quantize(w, QuantSpec(bits=4, group_size=128))
     with pytest.raises(ValueError, match=message):
         fake_quantize(w, QuantSpec(bits=4, group_size=128))
+
+
+W = torch.tensor([[1.0, 2.0, -3.0, 0.5]])
+ASYM = QuantSpec(bits=4, symmetric=False)
+
+
+@pytest.mark.parametrize(
+    "spec, scale, zero_point, message",
+    [
+        (ASYM, torch.tensor([[0.0]]), torch.tensor([[8]]), r"scale must be positive and finite .* \(e.g. 0.0\)"),
+        (ASYM, torch.tensor([[-1.0]]), torch.tensor([[8]]), r"scale must be positive and finite .* \(e.g. -1.0\)"),
+        (ASYM, torch.tensor([[float("nan")]]), torch.tensor([[8]]), "scale must be positive and finite"),
+        (ASYM, torch.tensor([[1e39]], dtype=torch.float64), torch.tensor([[8]]), r"in float32.*\(e.g. inf\)"),
+        (ASYM, torch.tensor([[1.0]]), torch.tensor([[300]]), r"zero_point must lie in the code range \[0, 15\]"),
+        (ASYM, torch.tensor([[1.0]]), torch.tensor([[-1]]), r"code range \[0, 15\] of INT4 asym per-channel"),
+        (QuantSpec(bits=4), torch.tensor([[1.0]]), torch.tensor([[3]]), "symmetric grid .* has zero_point 0"),
+        (ASYM, torch.tensor([[1.0]]), torch.tensor([[8.0]]), r"integer tensor .* zero_point.round\(\)"),
+        (ASYM, torch.tensor([1.0]), torch.tensor([8]), r"shape \(1, 1\) \(rows, groups\) .* got \(1,\)"),
+        (QuantSpec(bits=4, symmetric=False, group_size=2), torch.ones(1, 1), torch.ones(1, 1, dtype=torch.int32),
+         r"scale must be a tensor of shape \(1, 2\)"),
+        (ASYM, 1.0, 8, "scale must be a tensor of shape"),
+        (ASYM, torch.tensor([[1.0]]), None, "both scale and zero_point"),
+    ],
+    ids=["zero", "negative", "nan", "beyond-float32", "zp-300", "zp-negative", "sym-zp", "float-zp",
+         "shape", "group-shape", "not-tensors", "scale-only"],
+)  # fmt: skip
+def test_user_qparams_are_checked(spec, scale, zero_point, message):
+    """Scales and zero points passed in are refused unless quantize could have chosen them: no division by 0,
+    no NaN codes, no zero point outside the codes (300 would be stored in uint8 as 44)."""
+    with pytest.raises(ValueError, match=message):
+        quantize(W, spec, scale, zero_point)
+    with pytest.raises(ValueError, match=message):
+        fake_quantize(W, spec, scale, zero_point)
+
+
+def test_user_qparams_clip_values_outside_the_grid():
+    """A valid grid that does not reach a value clips it to the end code: the defined behaviour, as clip_ratio."""
+    qt = quantize(W, ASYM, torch.tensor([[0.1]]), torch.tensor([[8]]))
+    assert qt.codes.tolist() == [[15, 15, 0, 13]]
+    assert dequantize(qt)[0].tolist() == pytest.approx([0.7, 0.7, -0.8, 0.5])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(codes=torch.full((1, 4), 16, dtype=torch.int32)), r"codes must lie in \[0, 15\]"),
+        (dict(codes=torch.ones(1, 4)), "codes must be an integer tensor"),
+        (dict(scale=torch.zeros(1, 1)), "scale must be positive and finite"),
+        (dict(scale=torch.ones(2, 1)), r"scale must have shape \(1, 1\) for codes of shape \(1, 4\)"),
+        (dict(zero_point=torch.tensor([[300]])), r"zero_point must lie in the code range \[0, 15\]"),
+        (dict(g_idx=torch.tensor([0, 0, 1, 1])), r"g_idx values must lie in \[0, 0\]"),
+        (dict(dtype=torch.int8), "dtype must be one of"),
+    ],
+    ids=["codes-range", "float-codes", "zero-scale", "scale-shape", "zp-300", "g_idx", "dtype"],
+)
+def test_dequantize_refuses_what_quantize_cannot_make(change, message):
+    from dataclasses import replace
+
+    qt = replace(quantize(W, ASYM), **change)
+    with pytest.raises(ValueError, match=message):
+        dequantize(qt)
+    with pytest.raises(ValueError, match="^q_proj: " + message):
+        check_quantized(qt, "q_proj")
+
+
+def test_float64_beyond_float32_is_refused():
+    """qviz computes in float32 (GPTQ's column loop too, so their codes agree bit for bit): float64 values past
+    its range became inf, and the codes NaN. Values within it are quantized as their float32 copies are."""
+    w = torch.tensor([[1.0, 1e-300, -1.0]], dtype=torch.float64)
+    spec = QuantSpec(bits=16, restricted_range=True)
+    w_hat = dequantize(quantize(w, spec))
+    assert w_hat.dtype == torch.float64
+    assert torch.equal(w_hat, dequantize(quantize(w.float(), spec)).double())
+    for f in (quantize, fake_quantize):
+        with pytest.raises(ValueError, match=r"float64 values up to 1e\+300 lie beyond float32's range"):
+            f(w * 1e300, spec)
+    with pytest.raises(ValueError, match="beyond float32's range"):  # with given qparams too
+        quantize(w * 1e300, spec, torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.int32))
+
+
+def test_tiny_groups_get_a_normal_scale():
+    """A group of subnormal values would get a subnormal scale (a few bits of precision, codes off the grid):
+    its scale is float32's smallest normal number instead, and every value stays within half a step."""
+    w = torch.tensor([[1e-40, -3e-41, 0.0, 5e-45]])
+    for spec in (QuantSpec(bits=16), QuantSpec(bits=4, symmetric=False)):
+        qt = quantize(w, spec)
+        assert qt.scale.item() == torch.finfo(torch.float32).tiny
+        assert ((dequantize(qt) - w).abs() <= qt.scale / 2).all()
+
+
+def test_metrics_and_storage_refuse_shapes_that_would_broadcast():
+    w = torch.randn(4, 1)
+    for metric in (mse, max_abs_error, sqnr_db):  # (4, 1) - (4,) is a (4, 4) difference
+        with pytest.raises(ValueError, match=r"same shape, got \(4, 1\) and \(4,\)"):
+            metric(w, w[:, 0])
+    for shape in ((4096, -1), (4096, 0), (), (64.0, 64)):
+        with pytest.raises(ValueError, match="shape must be a tuple of positive integers"):
+            bits_per_weight(QuantSpec(bits=4), shape)

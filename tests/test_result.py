@@ -89,3 +89,71 @@ def test_bad_files_and_models(tmp_path):
         QuantResult.load(path)
     with pytest.raises(ValueError, match="not a readable qviz result"):
         QuantResult.load(tmp_path / "missing.safetensors")
+
+
+def _rewrite(path, edit_meta=None, edit_tensors=None):
+    """Rewrite a saved result as a damaged or lying copy would be."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["qviz"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    (edit_meta or (lambda m: None))(meta)
+    (edit_tensors or (lambda t: None))(tensors)
+    save_file(tensors, str(path), metadata={"qviz": json.dumps(meta)})
+
+
+Q = "model.layers.0.self_attn.q_proj"
+
+
+@pytest.mark.parametrize(
+    "edit_meta, edit_tensors, message",
+    [
+        (None, lambda t: t.pop(f"linears.{Q}.scale"), rf"KeyError: 'linears.{Q}.scale'"),
+        (None, lambda t: t[f"linears.{Q}.scale"].zero_(), rf"{Q}: scale must be positive and finite"),
+        (lambda m: m["linears"][Q].__setitem__(2, 32), None, "32 4-bit values need 4 words"),
+        (lambda m: m["linears"][Q].__setitem__(0, "int8"), None, "KeyError: 'int8'"),
+        (lambda m: m.pop("rows"), None, "KeyError: 'rows'"),
+        (lambda m: m["spec"].update(bits=40), None, "bits must be an integer from 2 to 16"),
+    ],
+    ids=["no-scale", "zero-scale", "lying-shape", "lying-dtype", "no-rows", "lying-spec"],
+)
+def test_lying_files_are_refused_with_the_file_and_the_fix(tmp_path, edit_meta, edit_tensors, message):
+    result = rtn.quantize_model(tiny_llama(), QuantSpec(bits=4, group_size=32), progress=False)
+    path = result.save(tmp_path / "r.safetensors")
+    _rewrite(path, edit_meta, edit_tensors)
+    with pytest.raises(
+        ValueError, match=rf"r\.safetensors is not a readable qviz result .*{message}.*delete it"
+    ):
+        QuantResult.load(path)
+
+
+def test_save_refuses_codes_it_cannot_store(tmp_path):
+    """12-bit codes are stored as int32, unpacked: a zero point of 5000 would have been written as it was."""
+    from dataclasses import replace
+
+    result = rtn.quantize_model(tiny_llama(), QuantSpec(bits=12, symmetric=False), progress=False)
+    qt = result.linears[Q]
+    result.linears[Q] = replace(qt, zero_point=torch.full_like(qt.zero_point, 5000))
+    with pytest.raises(ValueError, match=rf"{Q}: zero_point must lie in the code range \[0, 4095\]"):
+        result.save(tmp_path / "r.safetensors")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_result_read_from_a_checkpoint_keeps_each_linears_spec(tmp_path):
+    """Checkpoints store per-tensor qparams once per row: such a linear's spec is per-channel while the
+    result's is per-tensor. save/load keep each linear's own spec (load gave every linear the result's)."""
+    from qviz.export import load_quantized, save_quantized
+
+    model = tiny_llama()
+    rtn_result = rtn.quantize_model(model, QuantSpec(bits=4, granularity="tensor"), progress=False)
+    result = load_quantized(save_quantized(model, rtn_result, tmp_path / "ckpt")).result
+    assert result.spec.granularity == "tensor" and result.linears[Q].spec.granularity == "channel"
+    back = QuantResult.load(result.save(tmp_path / "r.safetensors"))
+    assert_same(result, back)
+    fresh = back.apply(tiny_llama())
+    with torch.no_grad():
+        assert torch.equal(fresh(windows(n=2)).logits, model(windows(n=2)).logits)
