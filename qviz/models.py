@@ -84,7 +84,9 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 }
 DEFAULT_MODEL = "gemma-3-270m"
 _CACHE_FORMAT = 1  # bump when the cached folder layout changes
-_LOADED: dict[tuple, tuple] = {}  # (source, dtype, trust_remote_code) -> (model, tokenizer), on CPU
+_LOADED: dict[
+    tuple, tuple
+] = {}  # (name, cache folder, dtype, trust_remote_code) -> (model, tokenizer), on CPU
 _conversions = 0  # how many GGUF conversions this process has run (tests check cache reuse with it)
 
 
@@ -300,7 +302,9 @@ def load_model(
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be a non-empty string; offline models: {_offline_names()}")
-    key = (name, dtype, trust_remote_code)
+    # an offline name's key includes its cache folder, so that a changed QVIZ_CACHE loads (and checks) anew
+    where = str(cached_model_dir(name)) if name in OFFLINE_MODELS else None
+    key = (name, where, dtype, trust_remote_code)
     if key not in _LOADED:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -10,7 +10,8 @@ Both are cached on disk (`qviz.cache`), keyed by every parameter and the qviz ve
 
     run = Run("gemma-3-270m", "gptq", QuantSpec(bits=4, group_size=128))
     result = quantize(run)                  # QuantResult: the codes of every linear
-    metrics = measure(run, Eval(n=4))       # {"ppl", "kl", "kl_p99", "top1", "text", "bits_per_weight", ...}
+    metrics = measure(run, Eval(n=2))       # {"ppl", "kl", "kl_p99", "top1", "bits_per_weight", ...}
+    text = continuation(run, "The invention of the printing press", 30)   # greedy, only where it is shown
 
 The reference is the float model `qviz.models.load_model` gives: for the offline models, the dequantized GGUF
 release, not the original training weights.
@@ -79,13 +80,11 @@ class Run:
 
 @dataclass(frozen=True)
 class Eval:
-    """Held-out evaluation: `n` windows of `seqlen` tokens, and a greedy continuation of `prompt`."""
+    """Held-out evaluation: `n` windows of `seqlen` tokens of `text` (`qviz.data.eval_windows`)."""
 
     text: str = "britannica"
     seqlen: int = 512
-    n: int = 4
-    prompt: str = "The invention of the printing press"
-    new_tokens: int = 30  # 0: no generated text
+    n: int = 2
 
 
 def _compute(run: Run, progress: bool) -> QuantResult:
@@ -152,7 +151,7 @@ def _reference_logits(model_name: str, ev: Eval) -> ReferenceLogits:
 def measure(run: Run, ev: Eval = Eval(), *, progress: bool = True) -> dict:
     """The quantized model against its reference on held-out windows, in one pass (`qviz.eval.evaluate`):
     {"ppl", "nll", "n_tokens", "kl", "kl_p99", "kl_p999", "top1", "ref_ppl", "bits_per_weight", "linear_mb",
-    "text", "label", "method", "bits"}. Cached like `quantize`."""
+    "label", "method", "bits"}. Cached like `quantize`."""
 
     def compute():
         _, tokenizer = load_model(run.model, fresh=False)
@@ -161,7 +160,6 @@ def measure(run: Run, ev: Eval = Eval(), *, progress: bool = True) -> dict:
         out = evaluate(model, reference.windows, reference, progress=progress).as_dict()
         size = model_size(model, run.spec)
         out.update(bits_per_weight=size.bits_per_weight, linear_mb=size.linear_bytes / 1e6)
-        out["text"] = generate(model, tokenizer, ev.prompt, ev.new_tokens) if ev.new_tokens else ""
         return out
 
     metrics = cached("measure", _measure_params(run, ev), compute)
@@ -169,7 +167,7 @@ def measure(run: Run, ev: Eval = Eval(), *, progress: bool = True) -> dict:
 
 
 def reference_metrics(model_name: str, ev: Eval = Eval(), *, progress: bool = True) -> dict:
-    """The float reference alone on the same windows: {"ppl", "nll", "n_tokens", "text"}. Cached."""
+    """The float reference alone on the same windows: {"ppl", "nll", "n_tokens", "token_nll"}. Cached."""
 
     def compute():
         reference, tokenizer = load_model(model_name, fresh=False)
@@ -180,7 +178,6 @@ def reference_metrics(model_name: str, ev: Eval = Eval(), *, progress: bool = Tr
             for k, v in out.items()
             if k not in ("kl", "kl_p99", "kl_p999", "top1", "ref_ppl", "token_kl")
         }
-        out["text"] = generate(reference, tokenizer, ev.prompt, ev.new_tokens) if ev.new_tokens else ""
         return {k: v for k, v in out.items() if v is not None}
 
     return cached("reference", {"model": model_name, "eval": asdict(ev)}, compute)
@@ -211,3 +208,18 @@ def shipped_runs(model: str = "gemma-3-270m", fast: bool = False) -> dict[str, R
             model, "awq", QuantSpec(bits=4, symmetric=False, group_size=128), n_calib=16, calib_len=512
         ),
     }
+
+
+def continuation(run: Run | str, prompt: str, new_tokens: int = 30) -> str:
+    """The greedy continuation of `prompt` by the run's quantized model, or by the float model when `run` is a
+    model name. Cached; computed only for the texts a notebook shows (each costs a model load and a decode)."""
+
+    def compute():
+        if isinstance(run, str):
+            model, tokenizer = load_model(run, fresh=False)
+        else:
+            model, tokenizer = quantized_model(run, progress=False), load_model(run.model, fresh=False)[1]
+        return {"text": generate(model, tokenizer, prompt, new_tokens)}
+
+    key = {"run": run if isinstance(run, str) else run.params(), "prompt": prompt, "new_tokens": new_tokens}
+    return cached("continuation", key, compute)["text"]

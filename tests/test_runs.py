@@ -30,7 +30,7 @@ def test_quantize_is_cached_and_measure_is_one_pass(smollm2, tmp_path, monkeypat
     compute = runs._compute
     monkeypatch.setattr(runs, "_compute", lambda run, progress: calls.append(run) or compute(run, progress))
     run = Run("smollm2-135m", "gptq", QuantSpec(bits=4, group_size=64), n_calib=2, calib_len=32, n_layers=1)
-    ev = Eval(seqlen=64, n=2, new_tokens=3)
+    ev = Eval(seqlen=64, n=2)
     assert not runs.is_cached(run)
     first = runs.quantize(run, progress=False)
     again = runs.quantize(run, progress=False)
@@ -48,6 +48,9 @@ def test_quantize_is_cached_and_measure_is_one_pass(smollm2, tmp_path, monkeypat
     assert 4 < metrics["bits_per_weight"] < 4.5  # codes + a 16-bit scale per 64 weights
     ref = runs.reference_metrics("smollm2-135m", ev, progress=False)
     assert ref["ppl"] == pytest.approx(metrics["ref_ppl"]) and ref["ppl"] < metrics["ppl"]
+
+    text = runs.continuation(run, "The capital of France is", 4)
+    assert text and text == runs.continuation(run, "The capital of France is", 4)  # greedy, and cached
 
     model = runs.quantized_model(run, progress=False)  # a fresh copy + the result: the quantized model
     name = "model.layers.0.mlp.down_proj"
