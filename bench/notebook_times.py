@@ -1,5 +1,5 @@
 """How long a learner waits: every notebook's Run All, cold (first run on a fresh machine) and warm, as a learner
-runs it (not the test run's QVIZ_FAST mode), plus `qviz prepare`; writes bench/NOTEBOOK_TIMES.md.
+runs it (not the test run's QVIZ_FAST mode), plus `qviz prepare`; writes bench/NOTEBOOK_TIMES.md (and .json: every cell's time).
 
     python bench/notebook_times.py                      # fresh clone, cold then warm, every notebook
     python bench/notebook_times.py --notebooks 05 07    # some of them
@@ -107,14 +107,17 @@ def main() -> None:
             after = os.getloadavg()[0]
             slow = sorted(r["cells"], key=lambda c: -c[2])[:3]
             rows.append({"notebook": path.name, "phase": phase, "seconds": r["seconds"], "load": (before, after),
-                         "slowest": slow, "errors": r["errors"]})  # fmt: skip
+                         "slowest": slow, "cells": r["cells"], "errors": r["errors"]})  # fmt: skip
             print(
                 f"{phase:4s} {path.name:32s} {r['seconds']:7.1f} s  load {before:.1f} -> {after:.1f}",
                 flush=True,
             )
     shutil.rmtree(work, ignore_errors=True)
     args.out.write_text(report(rows, prepare_seconds, head, args))
-    print(f"wrote {args.out}")
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"commit": head, "prepare_s": prepare_seconds, "rows": rows})
+    )
+    print(f"wrote {args.out} and {args.out.with_suffix('.json').name} (every cell's time)")
 
 
 def report(rows: list[dict], prepare_seconds: float | None, head: str, args) -> str:
