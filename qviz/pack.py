@@ -88,6 +88,8 @@ def pack_bits(values: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
         )
     v = values.movedim(dim, -1).to(torch.int32)
     n = v.shape[-1]
+    if 32 % bits == 0:  # 2, 4, 8 bits: whole values per word, all shifts at once (as in unpack_bits)
+        return _pack_whole_words(v, bits).movedim(-1, dim).contiguous()
     v = torch.nn.functional.pad(v, (0, -n % 32)).reshape(*v.shape[:-1], -1, 32)  # (..., blocks, 32 codes)
     words = torch.zeros(*v.shape[:-1], bits, dtype=torch.int32, device=v.device)  # (..., blocks, bits)
     for i in range(32):
@@ -97,6 +99,19 @@ def pack_bits(values: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
             words[..., word + 1] |= v[..., i] >> (32 - offset)
     words = words.reshape(*v.shape[:-2], -1)[..., : math.ceil(n * bits / 32)]
     return words.movedim(-1, dim).contiguous()
+
+
+def _pack_whole_words(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """pack_bits along the last dim when `bits` divides 32: each word holds 32/bits codes, code k at bit k*bits.
+
+    The shifted codes occupy disjoint bits, so their sum is their OR; it is formed in int64 (no overflow) and
+    mapped to the int32 with the same 32 bits (values >= 2^31 become negative), exactly the loop's words.
+    """
+    per_word = 32 // bits
+    v = torch.nn.functional.pad(v, (0, -v.shape[-1] % per_word)).reshape(*v.shape[:-1], -1, per_word)
+    shifts = torch.arange(0, 32, bits, dtype=torch.int64, device=v.device)
+    words = (v.to(torch.int64) << shifts).sum(-1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
 
 def unpack_bits(words: torch.Tensor, bits: int, n: int, dim: int = -1) -> torch.Tensor:

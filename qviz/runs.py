@@ -188,8 +188,8 @@ def shipped_runs(model: str = "gemma-3-270m", fast: bool = False) -> dict[str, R
 
     - "gptq": GPTQ INT4 symmetric g128 with the shipped tools' defaults (act-order, static groups), calibrated
       on 16 × 256 Britannica tokens;
-    - "awq": AWQ INT4 asymmetric g128 (the paper's setting), calibrated on the same 16 × 256 tokens (its search
-      reads 512 of them: AWQConfig.search_tokens).
+    - "awq": AWQ INT4 asymmetric g128 (the paper's setting), calibrated on 16 × 512 Britannica tokens (its
+      α and clipping searches read 512 of them: AWQConfig.search_tokens).
 
     One definition, so all three notebooks name the same cached result. fast: the test run's small versions
     (GPTQ on the first 2 layers; AWQ on 2 × 64 tokens with a coarser α grid).
