@@ -33,6 +33,7 @@ __all__ = [
     "FAMILIES",
     "ScaleGroup",
     "decoder_layers",
+    "decoder_linears",
     "family_of",
     "input_groups",
     "linear_layers",
@@ -213,3 +214,15 @@ def input_groups(layer: nn.Module, family: ArchFamily) -> list[dict[str, nn.Line
     groups += [{name: linear} for name, linear in linears.items() if name not in placed]
     order = list(linears)
     return sorted(groups, key=lambda g: min(order.index(name) for name in g))
+
+
+def decoder_linears(model: nn.Module, skip=()) -> dict[str, nn.Linear]:
+    """Full module name (as model.named_modules() gives it) -> nn.Linear, for every linear of every decoder
+    layer in forward order, less those whose name is in `skip` or ends with '.' + an entry of it."""
+    if isinstance(skip, str) or not all(isinstance(s, str) for s in skip):
+        raise ValueError(f"skip must be a tuple of names such as ('mlp.down_proj',), got {skip!r}")
+    names = {module: name for name, module in model.named_modules()}
+    family = family_of(model)
+    linears = (linear for layer in decoder_layers(model) for linear in linear_layers(layer, family).values())
+    pairs = ((names[linear], linear) for linear in linears)
+    return {n: m for n, m in pairs if not any(n == s or n.endswith("." + s) for s in skip)}

@@ -103,21 +103,24 @@ def fold_scales(layer: nn.Module, group: ScaleGroup, s: torch.Tensor, family: Ar
 
     prev_op is a norm y = x̂·(offset + w) (+ b):  (offset + w) ← (offset + w)/s, b ← b/s, with
     offset = family.norm_offset (1 for Gemma's RMSNorm); or a Linear: its output rows (and bias) ← /s.
-    The float layer computes the same function afterwards (up to rounding of float arithmetic).
+    The float layer computes the same function afterwards, up to the rounding of the arithmetic, done in the
+    weights' dtype (in float32 for 16-bit weights, rounded once to 16 bits at the end): a float64 model stays
+    float64-accurate.
     """
     prev = _get(layer, group.prev_op)
-    s = s.to(device=prev.weight.device, dtype=torch.float32)
+    dtype = torch.promote_types(prev.weight.dtype, torch.float32)  # float32, or float64 for a float64 model
+    s = s.to(device=prev.weight.device, dtype=dtype)
     if isinstance(prev, nn.Linear):
-        prev.weight.copy_(prev.weight.float() / s[:, None])
+        prev.weight.copy_(prev.weight.to(dtype) / s[:, None])
     else:
         offset = family.norm_offset
-        prev.weight.copy_((offset + prev.weight.float()) / s - offset)
+        prev.weight.copy_((offset + prev.weight.to(dtype)) / s - offset)
     bias = getattr(prev, "bias", None)  # LayerNorm (OPT) or a Linear with bias: y/s needs b/s too
     if bias is not None:
-        bias.copy_(bias.float() / s)
+        bias.copy_(bias.to(dtype) / s)
     for name in group.linears:
         linear = _get(layer, name)
-        linear.weight.copy_(linear.weight.float() * s)
+        linear.weight.copy_(linear.weight.to(dtype) * s)
 
 
 class _Capture:

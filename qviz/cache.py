@@ -22,7 +22,7 @@ from qviz import __version__
 from qviz.models import cache_dir
 from qviz.result import QuantResult
 
-__all__ = ["cached", "cached_result", "result_path", "results_dir"]
+__all__ = ["cache_note", "cached", "cached_result", "result_path", "results_dir"]
 
 
 def results_dir() -> Path:
@@ -33,6 +33,15 @@ def result_path(kind: str, params: dict, suffix: str = ".json") -> Path:
     """Where the result of `kind` for `params` is (or will be) stored."""
     key = json.dumps({"qviz": __version__, **params}, sort_keys=True, default=str)
     return results_dir() / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}{suffix}"
+
+
+def cache_note(kind: str, params: dict, cost: str) -> str:
+    """The line a notebook prints before `cached(kind, params, ...)`: read from the cache (and how to recompute
+    it), or computed now (`cost`, e.g. "about a minute") and then cached."""
+    path = result_path(kind, params)
+    if path.exists():
+        return f"{kind}: read from the cache ({path}; delete that file to recompute it)"
+    return f"{kind}: computed now ({cost}), then cached in {results_dir()} for the next run"
 
 
 def cached(kind: str, params: dict, compute: Callable[[], dict], *, refresh: bool = False) -> dict:

@@ -47,6 +47,7 @@ __all__ = [
     "load_text",
     "split_point",
     "token_stream",
+    "with_bos",
 ]
 
 TEXTS = {
@@ -280,3 +281,33 @@ def check_positions(model, n_positions: int, fix: Callable[[int], str], what: st
             f"{what} make the model read {n_positions} tokens at once, more than its {limit} positions "
             f"(config.max_position_embeddings): {fix(limit)}"
         )
+
+
+def with_bos(
+    model, windows, bos_token_id: int | str | None = "auto", what: str = "windows", *, whole: bool = True
+) -> tuple[torch.Tensor, int]:
+    """(ids, n_bos): `windows` (n, L) or (L,) as token ids (n, n_bos + L) with BOS prepended to every row, and
+    n_bos, the number of BOS tokens (1, or 0 without BOS), checked against the model (see `as_windows`,
+    `check_token_ids`, `check_positions`). Every qviz reader of windows (qviz.eval, qviz.calib, qviz.act,
+    qviz.kvcache) prepends BOS here, so a model is calibrated in the regime it is evaluated in.
+
+    bos_token_id: an int; "auto" (default) takes model.config.bos_token_id when there is one (Gemma expects
+    BOS); None leaves the windows raw. whole: the model reads each row at once, so n_bos + L must fit its
+    positions; False for a reader that cuts rows into chunks and checks their length itself (qviz.eval.nll).
+
+    >>> # with_bos(model, torch.tensor([[5, 6, 7]]))  -> (tensor([[1, 5, 6, 7]]), 1) for config.bos_token_id 1
+    """
+    if isinstance(bos_token_id, str) and bos_token_id == "auto":
+        bos_token_id = getattr(getattr(model, "config", None), "bos_token_id", None)
+    if bos_token_id is not None and (isinstance(bos_token_id, bool) or not isinstance(bos_token_id, int)):
+        raise ValueError(f"bos_token_id must be an int, 'auto' or None, got {bos_token_id!r}")
+    ids = as_windows(windows, what)
+    check_token_ids(model, ids, what)
+    n_bos = 0 if bos_token_id is None else 1
+    if n_bos:
+        check_token_ids(model, torch.tensor([bos_token_id]), "bos_token_id")
+        ids = torch.cat([torch.full_like(ids[:, :1], bos_token_id), ids], dim=1)
+    if whole:
+        fix = lambda limit: f"use windows of at most {limit - n_bos} tokens (seqlen={limit - n_bos})"
+        check_positions(model, ids.shape[1], fix, what)
+    return ids, n_bos

@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .arch import decoder_layers, family_of, linear_layers
-from .data import as_windows, check_positions, check_token_ids
+from .data import check_positions, check_token_ids, with_bos
 
 __all__ = [
     "Evaluation",
@@ -56,26 +56,15 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _as_rows(model: nn.Module, windows, bos: list[int]) -> torch.Tensor:
-    """(n, L) token ids checked against the model: integers, inside its vocabulary, and something to score."""
-    rows = as_windows(windows)
-    check_token_ids(model, rows)
-    check_token_ids(model, torch.tensor(bos, dtype=torch.long), "bos_token_id")
-    if rows.shape[1] < 2 and not bos:
+def _scorable_ids(model: nn.Module, windows, bos_token_id, whole: bool = True) -> tuple[torch.Tensor, int]:
+    """`qviz.data.with_bos`'s (ids, n_bos), refusing rows that leave nothing to score."""
+    ids, n_bos = with_bos(model, windows, bos_token_id, whole=whole)
+    if ids.shape[1] < 2:
         raise ValueError(
             "windows of one token and no BOS leave nothing to score (a token needs one before it): pass longer "
             "windows or a bos_token_id"
         )
-    return rows
-
-
-def _bos(model: nn.Module, bos_token_id: int | str | None) -> list[int]:
-    """[BOS id] or []: "auto" takes the model's config.bos_token_id (if any)."""
-    if bos_token_id == "auto":
-        bos_token_id = getattr(getattr(model, "config", None), "bos_token_id", None)
-    elif bos_token_id is not None and (isinstance(bos_token_id, bool) or not isinstance(bos_token_id, int)):
-        raise ValueError(f"bos_token_id must be an int, 'auto' or None, got {bos_token_id!r}")
-    return [] if bos_token_id is None else [bos_token_id]
+    return ids, n_bos
 
 
 def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -94,33 +83,32 @@ def nll(
     progress: bool = True,
 ) -> tuple[float, int]:
     """(total negative log-likelihood in nats, number of scored tokens); see the module docstring."""
-    bos = _bos(model, bos_token_id)
-    rows = _as_rows(model, windows, bos)
+    ids, n_bos = _scorable_ids(model, windows, bos_token_id, whole=False)  # chunks are checked below
+    bos, rows = ids[0, :n_bos], ids[:, n_bos:]
     length = rows.shape[1]
     for name, value in (("seqlen", seqlen), ("stride", stride)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"{name} must be an integer or None, got {value!r}")
-    seqlen = length + len(bos) if seqlen is None else seqlen
-    ctx = seqlen - len(bos)  # text tokens per chunk
+    seqlen = length + n_bos if seqlen is None else seqlen
+    ctx = seqlen - n_bos  # text tokens per chunk
     stride = ctx if stride is None else stride
     if ctx < 1 or not 1 <= stride <= ctx:
         raise ValueError(
-            f"need 1 <= stride <= seqlen{' - 1 (BOS)' if bos else ''}; got seqlen={seqlen}, stride={stride}"
+            f"need 1 <= stride <= seqlen{' - 1 (BOS)' if n_bos else ''}; got seqlen={seqlen}, stride={stride}"
         )
-    check_positions(model, min(seqlen, length + len(bos)), lambda limit: f"pass seqlen={limit} or less")
+    check_positions(model, min(seqlen, length + n_bos), lambda limit: f"pass seqlen={limit} or less")
     starts = range(0, max(length - ctx, 0) + stride, stride)  # the last chunk reaches the end of the row
     total, count = 0.0, 0
     bar = tqdm(total=len(rows) * len(starts), desc="perplexity", unit="chunk", disable=not progress)
     for row in rows:
-        scored_to = 1 - len(bos)  # row positions < scored_to are already scored (or unscorable)
+        scored_to = 1 - n_bos  # row positions < scored_to are already scored (or unscorable)
         for begin in starts:
             end = min(begin + ctx, length)
-            ids = torch.cat([torch.tensor(bos, dtype=torch.long), row[begin:end]])[None]
-            logits = _logits(model, ids)
-            # logits[j] predicts ids[0, j + 1]; row position p sits at ids index p - begin + len(bos)
-            first = max(scored_to, begin + 1 - len(bos))
+            logits = _logits(model, torch.cat([bos, row[begin:end]])[None])
+            # logits[j] predicts chunk token j + 1; row position p is chunk token p - begin + n_bos
+            first = max(scored_to, begin + 1 - n_bos)
             pos = torch.arange(first, end)
-            pred = logits[pos - begin + len(bos) - 1]
+            pred = logits[pos - begin + n_bos - 1]
             total += F.cross_entropy(pred, row[pos].to(pred.device), reduction="sum").item()
             count += len(pos)
             scored_to = end
@@ -180,15 +168,28 @@ class ReferenceLogits:
     def __init__(
         self, reference: nn.Module, windows: torch.Tensor, *, bos_token_id: int | str | None = "auto"
     ):
-        bos = _bos(reference, bos_token_id)
-        self.model, self.windows, self.bos = reference, _as_rows(reference, windows, bos), bos
+        self.model = reference
+        self.ids, n_bos = _scorable_ids(reference, windows, bos_token_id)  # (n, n_bos + L): BOS and windows
+        self.windows = self.ids[:, n_bos:]  # (n, L): as given, to evaluate(model, logits.windows, logits)
         self._logits: dict[int, torch.Tensor] = {}  # row -> (scored tokens, vocab) float32, on the CPU
 
     def logits(self, row: int) -> torch.Tensor:
         if row not in self._logits:
-            ids = torch.cat([torch.tensor(self.bos, dtype=torch.long), self.windows[row]])[None]
-            self._logits[row] = _logits(self.model, ids)[:-1].cpu()
+            self._logits[row] = _logits(self.model, self.ids[row : row + 1])[:-1].cpu()
         return self._logits[row]
+
+    def evaluation(self) -> Evaluation:
+        """The reference's own perplexity on these windows, from the stored logits (no second pass)."""
+        nll = torch.cat([_token_nll(self.logits(i), self.ids[i, 1:]) for i in range(len(self.ids))])
+        return Evaluation(
+            ppl=math.exp(nll.mean().item()), nll=nll.mean().item(), n_tokens=len(nll), token_nll=nll.tolist()
+        )
+
+
+def _token_nll(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """−log softmax(z)[target] per position: z (positions, vocab) logits, targets (positions,). float64, CPU."""
+    z = z.float()
+    return (torch.logsumexp(z, -1) - z.gather(-1, targets[:, None].to(z.device))[:, 0]).double().cpu()
 
 
 def _token_stats(z_ref: torch.Tensor, z: torch.Tensor, targets: torch.Tensor, chunk: int = 64) -> dict:
@@ -239,16 +240,14 @@ def evaluate(
     KL(p‖q) = Σ_v p(v) (log p(v) − log q(v)) per token, p from the reference, q from the model under test.
     reference: the float model, or its `ReferenceLogits` on these windows (computed once for many models).
     """
-    bos = _bos(model, bos_token_id)
-    rows = _as_rows(model, windows, bos)
+    ids, _ = _scorable_ids(model, windows, bos_token_id)  # (n, n_bos + L)
     ref_model = reference.model if isinstance(reference, ReferenceLogits) else reference
     if isinstance(reference, ReferenceLogits):
-        if reference.bos != bos or not torch.equal(reference.windows, rows):
+        if not torch.equal(reference.ids, ids):
             raise ValueError("these ReferenceLogits were computed on other windows (or another BOS)")
-    elif reference is not None:
-        if bos != _bos(reference, bos_token_id):
+    elif reference is not None:  # the reference reads the same ids: its vocabulary and positions checked too
+        if not torch.equal(with_bos(reference, windows, bos_token_id)[0], ids):
             raise ValueError("the two models have different BOS tokens: pass bos_token_id explicitly")
-        _as_rows(reference, rows, bos)  # its vocabulary too
     if ref_model is not None:
         sizes = [getattr(m.get_output_embeddings(), "out_features", None) for m in (model, ref_model)]
         if sizes[0] != sizes[1]:
@@ -256,26 +255,21 @@ def evaluate(
                 f"the model predicts {sizes[0]} tokens, the reference {sizes[1]}: KL and top-1 compare two "
                 "models of one vocabulary (a quantized model and its float original)"
             )
-    for m in (model, ref_model) if ref_model is not None else (model,):
-        fix = lambda limit: f"use windows of at most {limit - len(bos)} tokens (seqlen={limit - len(bos)})"
-        check_positions(m, rows.shape[1] + len(bos), fix)
     nlls, stats = [], []
-    for index, row in enumerate(tqdm(rows, desc="evaluate", unit="window", disable=not progress)):
-        ids = torch.cat([torch.tensor(bos, dtype=torch.long), row])[None]
-        targets = ids[0, 1:].to(
-            _device(model)
-        )  # logits[t] predicts ids[t + 1]: the row (without BOS: from x_1)
-        if isinstance(reference, ReferenceLogits) and model is reference.model:
-            z = reference.logits(index)  # the reference itself: its logits are already there
-        else:
-            z = _logits(model, ids)[:-1]  # (scored tokens, vocab)
+    for index in tqdm(range(len(ids)), desc="evaluate", unit="window", disable=not progress):
+        row = ids[index : index + 1]  # (1, n_bos + L)
+        # logits[t] predicts row[t + 1]: the targets are the window (without BOS: from its second token)
+        targets = row[0, 1:].to(_device(model))
+        z = _logits(model, row)[
+            :-1
+        ]  # (scored tokens, vocab); always run: `model` may be the reference, changed
         if reference is None:
-            nlls.append((torch.logsumexp(z, -1) - z.gather(-1, targets[:, None])[:, 0]).double().cpu())
+            nlls.append(_token_nll(z, targets))
             continue
         if isinstance(reference, ReferenceLogits):
             z_ref = reference.logits(index).to(z.device)
         else:
-            z_ref = _logits(reference, ids)[:-1].to(z.device)
+            z_ref = _logits(reference, row)[:-1].to(z.device)
         stats.append(_token_stats(z_ref, z, targets))
     if reference is None:
         nll = torch.cat(nlls)

@@ -52,6 +52,7 @@ __all__ = [
     "is_installed",
     "linear_layers",
     "load_model",
+    "model_config",
     "release_types",
     "scale_groups",
 ]
@@ -280,6 +281,17 @@ def _resolve(name: str) -> tuple[str, bool]:
             f"Offline models: {_offline_names()}"
         )
     return name, False
+
+
+def model_config(name: str = DEFAULT_MODEL):
+    """The transformers config of `name` (offline name, Hugging Face id or folder), without loading its weights.
+    An offline model is converted first if it has not been yet (see `load_model`)."""
+    from transformers import AutoConfig
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string; offline models: {_offline_names()}")
+    source, local_only = _resolve(name)
+    return AutoConfig.from_pretrained(source, local_files_only=local_only)
 
 
 def load_model(

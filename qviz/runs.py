@@ -170,15 +170,8 @@ def reference_metrics(model_name: str, ev: Eval = Eval(), *, progress: bool = Tr
     """The float reference alone on the same windows: {"ppl", "nll", "n_tokens", "token_nll"}. Cached."""
 
     def compute():
-        reference, tokenizer = load_model(model_name, fresh=False)
         logits = _reference_logits(model_name, ev)  # computed here, shared with every `measure` that follows
-        out = evaluate(reference, logits.windows, logits, progress=progress).as_dict()
-        out = {
-            k: v
-            for k, v in out.items()
-            if k not in ("kl", "kl_p99", "kl_p999", "top1", "ref_ppl", "token_kl")
-        }
-        return {k: v for k, v in out.items() if v is not None}
+        return {k: v for k, v in logits.evaluation().as_dict().items() if v is not None}
 
     return cached("reference", {"model": model_name, "eval": asdict(ev)}, compute)
 

@@ -39,6 +39,7 @@ WIDGET_NOTEBOOKS = [  # the notebooks with explorers
         "03_real_weights.ipynb",
         "05_gptq.ipynb",
         "06_awq.ipynb",
+        "08_activations.ipynb",
     )
 ]
 NOTEBOOKS = (

@@ -173,3 +173,22 @@ def test_every_window_reader_refuses_what_the_model_cannot_read(reader, windows,
     vocabulary and windows past the positions surfaced as IndexError: index out of range in self."""
     with pytest.raises(ValueError, match=message):
         _readers()[reader](_model(), windows)
+
+
+def test_with_bos_prepends_the_models_bos_and_checks_the_windows():
+    import tiny_models
+
+    from qviz.data import with_bos
+
+    model = tiny_models.tiny_llama(vocab_size=50, max_position_embeddings=8, bos_token_id=1)
+    ids, n_bos = with_bos(model, torch.tensor([[5, 6, 7], [8, 9, 10]]))
+    assert n_bos == 1 and ids.tolist() == [[1, 5, 6, 7], [1, 8, 9, 10]]
+    ids, n_bos = with_bos(model, torch.tensor([5, 6, 7]), bos_token_id=None)  # a 1-D window, raw
+    assert n_bos == 0 and ids.tolist() == [[5, 6, 7]]
+    with pytest.raises(ValueError, match="at most 7 tokens"):  # 8 positions, one of them BOS
+        with_bos(model, torch.arange(3, 11)[None])
+    assert with_bos(model, torch.arange(3, 11)[None], whole=False)[0].shape == (1, 9)  # a chunking reader
+    with pytest.raises(ValueError, match="bos_token_id must be an int"):
+        with_bos(model, torch.tensor([[5, 6]]), bos_token_id=True)
+    with pytest.raises(ValueError, match="bos_token_id"):
+        with_bos(model, torch.tensor([[5, 6]]), bos_token_id=50)  # outside the vocabulary

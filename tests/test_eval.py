@@ -233,6 +233,29 @@ def test_reference_logits_give_the_same_evaluation_once(model, windows, monkeypa
         evaluate(other, windows[:2], ref, progress=False)
 
 
+def test_the_reference_changed_in_place_is_measured_not_looked_up(windows):
+    """A reference modified in place (here: activation quantization hooks) is the same object as the one whose
+    logits were stored: evaluate must run it, not return the stored logits (KL 0, a silent wrong number)."""
+    from qviz.act import ActSpec, quantize_activations
+    from qviz.eval import ReferenceLogits
+
+    model = tiny_llama()
+    ref = ReferenceLogits(model, windows)
+    assert evaluate(model, windows, ref, progress=False).kl == 0
+    with quantize_activations(model, ActSpec("int4", "per-tensor")):
+        changed = evaluate(model, windows, ref, progress=False)
+    assert changed.kl > 1e-6 and changed.ppl != changed.ref_ppl  # a random tiny model: small, but not 0
+
+
+def test_reference_logits_evaluation_is_the_plain_perplexity(model, windows):
+    from qviz.eval import ReferenceLogits
+
+    own, plain = ReferenceLogits(model, windows).evaluation(), evaluate(model, windows, progress=False)
+    assert own.n_tokens == plain.n_tokens and own.token_nll == pytest.approx(plain.token_nll, rel=1e-6)
+    total, count = direct_nll(model, torch.cat([torch.ones_like(windows[:, :1]), windows], 1))  # BOS = 1
+    assert own.n_tokens == count and own.ppl == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
 def _word_tokenizer(n_words):
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel

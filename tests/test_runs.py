@@ -1,5 +1,7 @@
 """qviz.runs: a whole-model run is computed once, read back exactly, and measured against its reference."""
 
+import math
+
 import pytest
 import torch
 
@@ -47,7 +49,9 @@ def test_quantize_is_cached_and_measure_is_one_pass(smollm2, tmp_path, monkeypat
     )
     assert 4 < metrics["bits_per_weight"] < 4.5  # codes + a 16-bit scale per 64 weights
     ref = runs.reference_metrics("smollm2-135m", ev, progress=False)
-    assert ref["ppl"] == pytest.approx(metrics["ref_ppl"]) and ref["ppl"] < metrics["ppl"]
+    assert ref["ppl"] == pytest.approx(metrics["ref_ppl"]) and ref["ppl"] != metrics["ppl"]
+    # one quantized layer moves perplexity a little, either way on 128 tokens (lower with 1 thread, by 0.8%)
+    assert abs(math.log(metrics["ppl"] / ref["ppl"])) < 0.1
 
     text = runs.continuation(run, "The capital of France is", 4)
     assert text and text == runs.continuation(run, "The capital of France is", 4)  # greedy, and cached

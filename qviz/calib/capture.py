@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..arch import decoder_layers, family_of, linear_layers
-from ..data import as_windows, check_positions, check_token_ids
+from ..data import with_bos
 from .hessian import Hessian, HessianSet
 
 __all__ = [
@@ -47,36 +47,19 @@ class StopForward(Exception):
     """Raised from a hook to end a forward call early: what comes after it is not needed."""
 
 
-def _as_windows(model: nn.Module, windows, bos: list[int]) -> torch.Tensor:
-    """(n, seq) LongTensor from a tensor (n, seq) or (seq,), or a list of equal-length 1-D tensors, checked
-    against the model: integer ids inside its vocabulary, seq + BOS within its positions."""
-    windows = as_windows(windows, "calibration windows")
-    check_token_ids(model, windows, "calibration windows")
-    check_token_ids(model, torch.tensor(bos, dtype=torch.long), "bos_token_id")
-    fix = lambda limit: f"use windows of at most {limit - len(bos)} tokens (calib_windows(..., seqlen=...))"
-    check_positions(model, windows.shape[1] + len(bos), fix, "calibration windows")
-    return windows
-
-
 @torch.no_grad()
 def capture_layer_inputs(
     model: nn.Module, windows, *, batch_size: int = 8, bos_token_id: int | str | None = "auto"
 ) -> tuple[LayerInputs, list[list[dict]]]:
     """Run `windows` (n, seq) up to the first decoder layer.
 
-    bos_token_id: prepended to every window; "auto" (default) takes `model.config.bos_token_id` when there is
-    one, as `qviz.eval` does, so the model is calibrated in the regime it is evaluated in; None: raw windows.
+    bos_token_id: prepended to every window by `qviz.data.with_bos`; "auto" (default) takes
+    `model.config.bos_token_id` when there is one, as `qviz.eval` does; None: raw windows.
     Returns (inputs of layer 0, kwargs[ℓ][call]: the keyword arguments layer ℓ receives for each call).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if bos_token_id == "auto":
-        bos_token_id = getattr(model.config, "bos_token_id", None)
-    if bos_token_id is not None and (isinstance(bos_token_id, bool) or not isinstance(bos_token_id, int)):
-        raise ValueError(f"bos_token_id must be an int, 'auto' or None, got {bos_token_id!r}")
-    windows = _as_windows(model, windows, [] if bos_token_id is None else [bos_token_id])
-    if bos_token_id is not None:
-        windows = torch.cat([torch.full_like(windows[:, :1], bos_token_id), windows], dim=1)
+    windows, _ = with_bos(model, windows, bos_token_id, "calibration windows")
     layers = decoder_layers(model)
     device = model.get_input_embeddings().weight.device
     hidden, kwargs = [], [[] for _ in layers]

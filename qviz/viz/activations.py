@@ -1,0 +1,99 @@
+"""Figures for quantizing activations (notebook 08): outlier channels, SmoothQuant's migration, rotations, the
+KV cache. Each function draws data computed elsewhere (`qviz.act`, `qviz.smooth`, `qviz.rotate`,
+`qviz.kvcache`); nothing here changes a model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+__all__ = ["kl_by_position_figure", "metric_vs_alpha_figure", "outlier_stats_figure", "smoothing_figure"]
+
+_BEFORE, _AFTER = "#7f7f7f", "#1f77b4"
+
+
+def smoothing_figure(
+    act_max: torch.Tensor, weight_max: torch.Tensor, s: torch.Tensor | None = None, *, name: str, alpha=None
+) -> go.Figure:
+    """Per input channel j of one linear: max|X_j| (top) and max|W_j| (bottom), before (gray) and, with the
+    SmoothQuant scales s, after smoothing (blue): X_j / s_j and W_j · s_j. Log y axes."""
+    channels = np.arange(len(act_max))
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    series = [(act_max, 1, "activations"), (weight_max, 2, "weights")]
+    for values, row, what in series:
+        fig.add_trace(
+            go.Scatter(x=channels, y=values.float().numpy(), mode="lines", line=dict(color=_BEFORE, width=1),
+                       name=f"{what} before", legendgroup="before"),
+            row=row, col=1,
+        )  # fmt: skip
+    if s is not None:
+        after = [(act_max / s, 1, "activations"), (weight_max * s, 2, "weights")]
+        for values, row, what in after:
+            fig.add_trace(
+                go.Scatter(x=channels, y=values.float().numpy(), mode="lines", line=dict(color=_AFTER, width=1),
+                           name=f"{what} after", legendgroup="after"),
+                row=row, col=1,
+            )  # fmt: skip
+    fig.update_yaxes(type="log", title_text="max |X_j| (log)", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="max |W[:, j]| (log)", row=2, col=1)
+    fig.update_xaxes(title_text="input channel j", row=2, col=1)
+    ratio = lambda v: float(v.max() / v.median())  # noqa: E731
+    title = f"{name}: activation max/median {ratio(act_max):.0f}×, weight {ratio(weight_max):.1f}×"
+    if s is not None:
+        title += f"; smoothed (α = {alpha:g}): {ratio(act_max / s):.1f}× and {ratio(weight_max * s):.1f}×"
+    fig.update_layout(title=title, template="plotly_white", height=480, legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def metric_vs_alpha_figure(
+    alphas, values, *, metric: str, baseline: float | None = None, baseline_name: str = "", at=None
+) -> go.Figure:
+    """A metric (KL, perplexity) of the smoothed model against SmoothQuant's α; the unsmoothed model's value as a
+    dashed line; `at`: a marker at one α (the slider's)."""
+    fig = go.Figure(go.Scatter(x=list(alphas), y=list(values), mode="lines+markers", name="smoothed"))
+    if baseline is not None:
+        fig.add_hline(y=baseline, line_dash="dash", line_color=_BEFORE, annotation_text=baseline_name)
+    if at is not None:
+        i = int(np.argmin([abs(a - at) for a in alphas]))
+        fig.add_trace(go.Scatter(x=[alphas[i]], y=[values[i]], mode="markers", name=f"α = {alphas[i]:g}",
+                                 marker=dict(size=13, color="#d62728")))  # fmt: skip
+    fig.update_layout(
+        title=f"SmoothQuant: {metric} against α", xaxis_title="α (0: no migration, 1: all onto the weights)",
+        yaxis_title=metric, template="plotly_white", height=360,
+    )  # fmt: skip
+    return fig
+
+
+def outlier_stats_figure(before: dict[str, float], after: dict[str, float], *, title: str) -> go.Figure:
+    """max|x| / rms(x) of each linear's input, before and after rotation (points; a ratio, so a log axis)."""
+    names = list(before)
+    fig = go.Figure()
+    for values, label, color in [(before, "not rotated", _BEFORE), (after, "rotated", _AFTER)]:
+        fig.add_trace(go.Scatter(x=names, y=[values[n] for n in names], mode="markers", name=label,
+                                 marker=dict(size=10, color=color)))  # fmt: skip
+    fig.update_layout(
+        title=title, xaxis_title="linear (its input)", yaxis_title="max |x| / rms(x) (log)", yaxis_type="log",
+        template="plotly_white", height=380,
+    )  # fmt: skip
+    return fig
+
+
+def kl_by_position_figure(curves: dict[str, torch.Tensor], *, title: str, smooth: int = 16) -> go.Figure:
+    """KL(float ‖ quantized cache) against the position in the window, one line per setting; averaged over
+    runs of `smooth` positions so the trend shows through the per-token noise."""
+    fig = go.Figure()
+    for label, kl in curves.items():
+        kl = kl.float()
+        n = len(kl) // smooth * smooth
+        y = kl[:n].reshape(-1, smooth).mean(1).numpy()
+        x = np.arange(len(y)) * smooth + smooth / 2
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label))
+    fig.update_layout(
+        title=title, xaxis_title="position in the window (tokens of context)",
+        yaxis_title=f"KL to the float cache (nats/token, mean of {smooth})", yaxis_type="log",
+        template="plotly_white", height=400,
+    )  # fmt: skip
+    return fig

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+from figure_checks import assert_readable
+
+from qviz.smooth import smooth_scales
+from qviz.viz.activations import (
+    kl_by_position_figure,
+    metric_vs_alpha_figure,
+    outlier_stats_figure,
+    smoothing_figure,
+)
+from qviz.widgets.activations import SmoothQuantExplorer
+
+ACT = torch.tensor([1.0, 2.0, 1.0, 80.0, 1.5])  # channel 3: an outlier
+WMAX = torch.tensor([0.5, 0.4, 0.6, 0.2, 0.5])
+SWEEP = {"alpha": [0.0, 0.25, 0.5, 0.75, 1.0], "kl": [0.9, 0.5, 0.2, 0.3, 0.6]}
+
+
+def test_smoothing_figure_draws_the_maxima_before_and_after():
+    fig = smoothing_figure(ACT, WMAX, name="toy")
+    assert_readable(fig)
+    assert (
+        len(fig.data) == 2 and fig.layout.yaxis.type == "log" and "max/median 53×" in fig.layout.title.text
+    )  # 80 / 1.5
+    s = torch.tensor([2.0, 1.0, 1.0, 8.0, 1.0])
+    fig = smoothing_figure(ACT, WMAX, s, name="toy", alpha=0.5)
+    assert_readable(fig)
+    np.testing.assert_allclose(fig.data[2].y, [0.5, 2.0, 1.0, 10.0, 1.5])  # X_j / s_j
+    np.testing.assert_allclose(fig.data[3].y, [1.0, 0.4, 0.6, 1.6, 0.5])  # W_j · s_j
+    assert "α = 0.5" in fig.layout.title.text
+
+
+def test_metric_vs_alpha_marks_the_nearest_swept_alpha():
+    fig = metric_vs_alpha_figure(
+        SWEEP["alpha"], SWEEP["kl"], metric="KL", baseline=1.0, baseline_name="plain", at=0.3
+    )
+    assert_readable(fig)
+    assert fig.data[-1].x == (0.25,) and fig.data[-1].y == (0.5,)
+
+
+def test_kl_by_position_averages_runs_of_positions():
+    fig = kl_by_position_figure(
+        {"INT4": torch.arange(1.0, 34.0)}, title="KV", smooth=16
+    )  # 33: the tail dropped
+    assert_readable(fig)
+    np.testing.assert_allclose(fig.data[0].y, [8.5, 24.5])
+    np.testing.assert_allclose(fig.data[0].x, [8.0, 24.0])
+    assert fig.layout.yaxis.type == "log"
+
+
+def test_outlier_stats_are_points_on_a_log_axis():
+    fig = outlier_stats_figure({"q": 40.0, "down": 900.0}, {"q": 3.0, "down": 5.0}, title="rotation")
+    assert_readable(fig)
+    assert all(t.mode == "markers" for t in fig.data) and fig.data[1].y == (3.0, 5.0)
+
+
+def test_explorer_follows_the_slider():
+    explorer = SmoothQuantExplorer(ACT, WMAX, SWEEP, name="toy", baseline=1.0)
+    explorer.set(alpha=1.0)  # s = act_max: every smoothed channel max becomes 1
+    assert explorer.state["act_ratio"] == pytest.approx(1.0)
+    np.testing.assert_allclose(explorer.channels.data[2].y, np.ones(5), rtol=1e-6)
+    explorer.set(alpha=0.3)
+    s = smooth_scales(ACT, WMAX, 0.3)
+    np.testing.assert_allclose(explorer.channels.data[3].y, (WMAX * s).numpy(), rtol=1e-6)
+    assert explorer.curve.data[-1].x == (0.25,)
+    assert "α = 0.30" in explorer.summary.value
+
+
+def test_explorer_refuses_mismatched_inputs():
+    with pytest.raises(ValueError, match="two vectors of one length"):
+        SmoothQuantExplorer(ACT, WMAX[:3], SWEEP, name="toy", baseline=1.0)
+    with pytest.raises(ValueError, match="equally long lists"):
+        SmoothQuantExplorer(ACT, WMAX, {"alpha": [0.5], "kl": []}, name="toy", baseline=1.0)
