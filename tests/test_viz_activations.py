@@ -21,7 +21,7 @@ def test_smoothing_figure_draws_the_maxima_before_and_after():
     fig = smoothing_figure(ACT, WMAX, name="toy")
     assert_readable(fig)
     assert (
-        len(fig.data) == 2 and fig.layout.yaxis.type == "log" and "max/median 53×" in fig.layout.title.text
+        len(fig.data) == 2 and fig.layout.yaxis.type == "log" and "activations 53×" in fig.layout.title.text
     )  # 80 / 1.5
     s = torch.tensor([2.0, 1.0, 1.0, 8.0, 1.0])
     fig = smoothing_figure(ACT, WMAX, s, name="toy", alpha=0.5)
@@ -60,6 +60,8 @@ def test_explorer_follows_the_slider():
     explorer.set(alpha=1.0)  # s = act_max: every smoothed channel max becomes 1
     assert explorer.state["act_ratio"] == pytest.approx(1.0)
     np.testing.assert_allclose(explorer.channels.data[2].y, np.ones(5), rtol=1e-6)
+    # lists, not numpy arrays: a FigureWidget given float32 arrays drew an empty plot in JupyterLab
+    assert not any(isinstance(t.y, np.ndarray) for t in explorer.channels.data)
     explorer.set(alpha=0.3)
     s = smooth_scales(ACT, WMAX, 0.3)
     np.testing.assert_allclose(explorer.channels.data[3].y, (WMAX * s).numpy(), rtol=1e-6)

@@ -20,12 +20,14 @@ def smoothing_figure(
 ) -> go.Figure:
     """Per input channel j of one linear: max|X_j| (top) and max|W_j| (bottom), before (gray) and, with the
     SmoothQuant scales s, after smoothing (blue): X_j / s_j and W_j · s_j. Log y axes."""
-    channels = np.arange(len(act_max))
+    channels = list(
+        range(len(act_max))
+    )  # lists, not numpy arrays: a FigureWidget built from this must render
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
     series = [(act_max, 1, "activations"), (weight_max, 2, "weights")]
     for values, row, what in series:
         fig.add_trace(
-            go.Scatter(x=channels, y=values.float().numpy(), mode="lines", line=dict(color=_BEFORE, width=1),
+            go.Scatter(x=channels, y=values.float().tolist(), mode="lines", line=dict(color=_BEFORE, width=1),
                        name=f"{what} before", legendgroup="before"),
             row=row, col=1,
         )  # fmt: skip
@@ -33,7 +35,7 @@ def smoothing_figure(
         after = [(act_max / s, 1, "activations"), (weight_max * s, 2, "weights")]
         for values, row, what in after:
             fig.add_trace(
-                go.Scatter(x=channels, y=values.float().numpy(), mode="lines", line=dict(color=_AFTER, width=1),
+                go.Scatter(x=channels, y=values.float().tolist(), mode="lines", line=dict(color=_AFTER, width=1),
                            name=f"{what} after", legendgroup="after"),
                 row=row, col=1,
             )  # fmt: skip
@@ -41,10 +43,11 @@ def smoothing_figure(
     fig.update_yaxes(type="log", title_text="max |W[:, j]| (log)", row=2, col=1)
     fig.update_xaxes(title_text="input channel j", row=2, col=1)
     ratio = lambda v: float(v.max() / v.median())  # noqa: E731
-    title = f"{name}: activation max/median {ratio(act_max):.0f}×, weight {ratio(weight_max):.1f}×"
+    title = f"{name}<br>max/median: activations {ratio(act_max):.0f}×, weights {ratio(weight_max):.1f}×"
     if s is not None:
         title += f"; smoothed (α = {alpha:g}): {ratio(act_max / s):.1f}× and {ratio(weight_max * s):.1f}×"
-    fig.update_layout(title=title, template="plotly_white", height=480, legend=dict(orientation="h", y=-0.15))
+    fig.update_layout(title=title, template="plotly_white", height=500, legend=dict(orientation="h", y=-0.15),
+                      margin=dict(t=90))  # fmt: skip
     return fig
 
 
@@ -88,8 +91,8 @@ def kl_by_position_figure(curves: dict[str, torch.Tensor], *, title: str, smooth
     for label, kl in curves.items():
         kl = kl.float()
         n = len(kl) // smooth * smooth
-        y = kl[:n].reshape(-1, smooth).mean(1).numpy()
-        x = np.arange(len(y)) * smooth + smooth / 2
+        y = kl[:n].reshape(-1, smooth).mean(1).tolist()
+        x = (np.arange(len(y)) * smooth + smooth / 2).tolist()
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label))
     fig.update_layout(
         title=title, xaxis_title="position in the window (tokens of context)",
