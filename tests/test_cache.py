@@ -98,3 +98,13 @@ def test_a_truncated_quant_result_names_the_file_and_the_fix():
         ValueError, match=rf"{path.name} is not a readable qviz result .* delete it to recompute"
     ):
         cached_result("rtn", {"model": "tiny"}, compute)
+
+
+def test_cache_note_says_where_a_result_comes_from_and_how_to_recompute_it():
+    from qviz.cache import cache_note
+
+    params = {"model": "m", "n": 3}
+    assert cache_note("demo", params, "about a minute").startswith("demo: computed now (about a minute)")
+    cached("demo", params, lambda: {"x": 1})
+    note = cache_note("demo", params, "about a minute")
+    assert str(result_path("demo", params)) in note and "delete that file to recompute it" in note
