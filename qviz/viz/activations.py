@@ -10,9 +10,20 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-__all__ = ["kl_by_position_figure", "metric_vs_alpha_figure", "outlier_stats_figure", "smoothing_figure"]
+__all__ = [
+    "kl_by_position_figure",
+    "max_over_median",
+    "metric_vs_alpha_figure",
+    "outlier_stats_figure",
+    "smoothing_figure",
+]
 
 _BEFORE, _AFTER = "#7f7f7f", "#1f77b4"
+
+
+def max_over_median(values: torch.Tensor) -> float:
+    """How far the largest per-channel maximum stands above the typical one (torch's lower median)."""
+    return float(values.max() / values.median())
 
 
 def smoothing_figure(
@@ -24,25 +35,20 @@ def smoothing_figure(
         range(len(act_max))
     )  # lists, not numpy arrays: a FigureWidget built from this must render
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
-    series = [(act_max, 1, "activations"), (weight_max, 2, "weights")]
-    for values, row, what in series:
+    series = [(act_max, 1, "activations", "before"), (weight_max, 2, "weights", "before")]
+    if s is not None:
+        series += [(act_max / s, 1, "activations", "after"), (weight_max * s, 2, "weights", "after")]
+    for values, row, what, when in series:
+        color = _BEFORE if when == "before" else _AFTER
         fig.add_trace(
-            go.Scatter(x=channels, y=values.float().tolist(), mode="lines", line=dict(color=_BEFORE, width=1),
-                       name=f"{what} before", legendgroup="before"),
+            go.Scatter(x=channels, y=values.float().tolist(), mode="lines", line=dict(color=color, width=1),
+                       name=f"{what} {when}", legendgroup=when),
             row=row, col=1,
         )  # fmt: skip
-    if s is not None:
-        after = [(act_max / s, 1, "activations"), (weight_max * s, 2, "weights")]
-        for values, row, what in after:
-            fig.add_trace(
-                go.Scatter(x=channels, y=values.float().tolist(), mode="lines", line=dict(color=_AFTER, width=1),
-                           name=f"{what} after", legendgroup="after"),
-                row=row, col=1,
-            )  # fmt: skip
     fig.update_yaxes(type="log", title_text="max |X_j| (log)", row=1, col=1)
     fig.update_yaxes(type="log", title_text="max |W[:, j]| (log)", row=2, col=1)
     fig.update_xaxes(title_text="input channel j", row=2, col=1)
-    ratio = lambda v: float(v.max() / v.median())  # noqa: E731
+    ratio = max_over_median
     title = f"{name}<br>max/median: activations {ratio(act_max):.0f}×, weights {ratio(weight_max):.1f}×"
     if s is not None:
         title += f"; smoothed (α = {alpha:g}): {ratio(act_max / s):.1f}× and {ratio(weight_max * s):.1f}×"

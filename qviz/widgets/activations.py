@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import torch
 
 from qviz.smooth import smooth_scales
-from qviz.viz.activations import metric_vs_alpha_figure, smoothing_figure
+from qviz.viz.activations import max_over_median, metric_vs_alpha_figure, smoothing_figure
 
 __all__ = ["SmoothQuantExplorer"]
 
@@ -62,7 +62,7 @@ class SmoothQuantExplorer:
         with self.curve.batch_update():
             self.curve.data[-1].x, self.curve.data[-1].y = marker.x, marker.y
             self.curve.data[-1].name = marker.name
-        ratio = lambda v: float(v.max() / v.median())  # noqa: E731
+        ratio = max_over_median
         self.state = dict(
             alpha=alpha, act_ratio=ratio(self.act_max / s), weight_ratio=ratio(self.weight_max * s)
         )
