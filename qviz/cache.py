@@ -7,6 +7,9 @@ to recompute everything); both written atomically:
 - `cached(kind, params, compute)`: a JSON-able dict (metrics, report rows), in `<kind>-<hash>.json`;
 - `cached_result(kind, params, compute)`: a `qviz.result.QuantResult` (the codes of every quantized linear), in
   `<kind>-<hash>.safetensors`, so a later notebook can pack, run and ship the model an earlier one made.
+
+Each result is computed under its own lock, so when a background thread (`qviz.runs.prefetch`) is computing it,
+a notebook cell asking for the same result waits for it and reads it back instead of computing it a second time.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +27,16 @@ from qviz.models import cache_dir
 from qviz.result import QuantResult
 
 __all__ = ["cache_note", "cached", "cached_result", "result_path", "results_dir"]
+
+
+_LOCKS: dict[Path, threading.RLock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _lock(path: Path) -> threading.RLock:
+    """The lock of one result file (made on first use)."""
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(path, threading.RLock())
 
 
 def results_dir() -> Path:
@@ -53,9 +67,15 @@ def cached(kind: str, params: dict, compute: Callable[[], dict], *, refresh: boo
     ValueError naming it (delete it, or pass refresh=True).
     """
     path = result_path(kind, params)
-    if path.exists() and not refresh:
-        return _read(path, params)
-    result = compute()
+    with _lock(path):  # another thread computing it: wait, then read what it stored
+        if path.exists() and not refresh:
+            return _read(path, params)
+        result = compute()
+        _write(path, params, result, kind)
+    return result
+
+
+def _write(path: Path, params: dict, result: dict, kind: str) -> None:
     try:
         stored = json.dumps(result)  # no default=str: a tensor would come back as its str()
     except (TypeError, ValueError) as err:
@@ -67,7 +87,6 @@ def cached(kind: str, params: dict, compute: Callable[[], dict], *, refresh: boo
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
         f.write(f'{{"params": {_key(params)}, "result": {stored}}}')
     os.replace(f.name, path)
-    return result
 
 
 def _key(params: dict) -> str:
@@ -96,8 +115,9 @@ def cached_result(
 ) -> QuantResult:
     """Like `cached`, for a QuantResult: `compute()` once, then `QuantResult.load` of the stored file."""
     path = result_path(kind, params, ".safetensors")
-    if path.exists() and not refresh:
-        return QuantResult.load(path)
-    result = compute()
-    result.save(path)
+    with _lock(path):
+        if path.exists() and not refresh:
+            return QuantResult.load(path)
+        result = compute()
+        result.save(path)
     return result

@@ -88,6 +88,7 @@ _CACHE_FORMAT = 1  # bump when the cached folder layout changes
 _LOADED: dict[
     tuple, tuple
 ] = {}  # (name, cache folder, dtype, trust_remote_code) -> (model, tokenizer), on CPU
+_LOAD_LOCK = threading.Lock()
 _conversions = 0  # how many GGUF conversions this process has run (tests check cache reuse with it)
 
 
@@ -318,28 +319,34 @@ def load_model(
     # an offline name's key includes its cache folder, so that a changed QVIZ_CACHE loads (and checks) anew
     where = str(cached_model_dir(name)) if name in OFFLINE_MODELS else None
     key = (name, where, dtype, trust_remote_code)
-    if key not in _LOADED:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        source, local_only = _resolve(name)
-        kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        except (OSError, SafetensorError, RuntimeError) as err:  # files that pass the checks, yet do not load
-            if name not in OFFLINE_MODELS:
-                raise
-            raise ValueError(
-                f"the converted cache of {name!r} at {source} does not load ({type(err).__name__}: {err}). "
-                f"Delete the folder {source} and load again: it is converted anew from the package"
-            ) from err
-        _LOADED[key] = (model.eval(), tokenizer)
+    with _LOAD_LOCK:  # one load (or conversion) at a time: `qviz.runs.prefetch` loads from a second thread
+        if key not in _LOADED:
+            _LOADED[key] = _load(name, dtype, trust_remote_code)
     model, tokenizer = _LOADED[key]
     if fresh:
         model = copy.deepcopy(model)
     if device is not None:
         model = model.to(device)  # note: with fresh=False this moves the shared instance
     return model, tokenizer
+
+
+def _load(name: str, dtype: torch.dtype, trust_remote_code: bool):
+    """(model in eval mode, tokenizer) from disk: the part of `load_model` its in-process cache saves."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, local_only = _resolve(name)
+    kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, SafetensorError, RuntimeError) as err:  # files that pass the checks, yet do not load
+        if name not in OFFLINE_MODELS:
+            raise
+        raise ValueError(
+            f"the converted cache of {name!r} at {source} does not load ({type(err).__name__}: {err}). "
+            f"Delete the folder {source} and load again: it is converted anew from the package"
+        ) from err
+    return model.eval(), tokenizer
 
 
 # GGUF tensor names (blk.<i>.<part>.weight) of the decoder linears, by qviz/transformers name

@@ -13,15 +13,21 @@ Both are cached on disk (`qviz.cache`), keyed by every parameter and the qviz ve
     metrics = measure(run, Eval(n=2))       # {"ppl", "kl", "kl_p99", "top1", "bits_per_weight", ...}
     text = continuation(run, "The invention of the printing press", 30)   # greedy, only where it is shown
 
+    prefetch([run, ...], Eval(n=2), prompt=...)   # start all of it in a background thread, at a notebook's top:
+                                                  # the cells that show it later wait only for what is left
+
 The reference is the float model `qviz.models.load_model` gives: for the offline models, the dequantized GGUF
 release, not the original training weights.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import awq, gptq, rtn
 from .cache import cached, cached_result, result_path
@@ -36,6 +42,7 @@ __all__ = [
     "Run",
     "is_cached",
     "measure",
+    "prefetch",
     "quantize",
     "quantized_model",
     "reference_metrics",
@@ -110,20 +117,56 @@ def is_cached(run: Run, ev: Eval | None = None) -> bool:
 
 
 def cache_status(runs: list[Run], ev: Eval | None = None) -> str:
-    """One line for a notebook: how many of `runs` come from the cache, and how to recompute them."""
+    """One line for a notebook: how many of `runs` come from the cache, how many a `prefetch` is computing, and
+    how to recompute them."""
     cached_now = sum(is_cached(run, ev) for run in runs)
-    todo = len(runs) - cached_now
+    pending = sum(not is_cached(run, ev) and _is_pending(run, ev) for run in runs)
+    todo = len(runs) - cached_now - pending
     return (
         f"{cached_now} of {len(runs)} whole-model results are read from the cache (~/.cache/qviz/results, written by "
         f"an earlier run or by `qviz prepare`; delete that folder to recompute them)"
-        + (f"; the other {todo} are computed now, with progress bars: a minute or two each" if todo else ".")
-    )
+        + (f"; {pending} are being computed in the background (the progress bar near the top): this waits for them"
+           if pending else "")
+        + (f"; {todo} are computed now, with progress bars: a minute or two each" if todo else "")
+        + "."
+    )  # fmt: skip
+
+
+_PENDING: set = set()  # result files a `prefetch` thread has still to write
+
+
+def _is_pending(run: Run, ev: Eval | None) -> bool:
+    paths = [result_path("run", run.params(), ".safetensors")]
+    if ev is not None:
+        paths.append(result_path("measure", _measure_params(run, ev)))
+    return any(path in _PENDING for path in paths)
 
 
 def quantized_model(run: Run, *, progress: bool = True) -> nn.Module:
     """A fresh float copy of the run's model made into the quantized model: `QuantResult.apply`."""
     model, _ = load_model(run.model)
     return quantize(run, progress=progress).apply(model)
+
+
+_BUILT: dict[str, nn.Module] = {}  # the last quantized model `measure` or `continuation` built, by run
+
+
+def _built_model(run: Run, progress: bool) -> nn.Module:
+    """`quantized_model(run)` for measure and continuation, which only read it: the last one built is kept, so a
+    run's continuation right after its measure (as `prefetch` does them) skips a model copy and the unpacking."""
+    key = repr(run.params())
+    model = _BUILT.get(key)
+    if model is None:
+        model = quantized_model(run, progress=progress)
+        _BUILT.clear()
+        _BUILT[key] = model
+    return model
+
+
+def _float_model(name: str) -> nn.Module:
+    """The float model to read from: the shared instance in the main thread, a private copy in `prefetch`'s
+    thread (a notebook may be hooking the shared one at that moment, and its hooks would see our passes)."""
+    return load_model(name, fresh=threading.current_thread() is not threading.main_thread())[0]
 
 
 def _measure_params(run: Run, ev: Eval) -> dict:
@@ -133,19 +176,24 @@ def _measure_params(run: Run, ev: Eval) -> dict:
 _REFERENCE: dict[
     tuple, ReferenceLogits
 ] = {}  # the last (model, Eval)'s reference logits: one kept, for memory
+_REFERENCE_LOCK = threading.Lock()
 
 
 def _reference_logits(model_name: str, ev: Eval) -> ReferenceLogits:
     """The reference's logits on `ev`'s windows, shared by every `measure` of this model and evaluation in this
     process (a notebook's table of settings runs the reference once). Only the last pair is kept."""
     key = (model_name, tuple(asdict(ev).items()))
-    if key not in _REFERENCE:
-        _REFERENCE.clear()
-        reference, tokenizer = load_model(model_name, fresh=False)
-        _REFERENCE[key] = ReferenceLogits(
-            reference, eval_windows(tokenizer, ev.text, seqlen=ev.seqlen, n=ev.n)
-        )
-    return _REFERENCE[key]
+    with _REFERENCE_LOCK:
+        if key not in _REFERENCE:
+            _REFERENCE.clear()
+            tokenizer = load_model(model_name, fresh=False)[1]
+            reference = ReferenceLogits(
+                _float_model(model_name), eval_windows(tokenizer, ev.text, seqlen=ev.seqlen, n=ev.n)
+            )
+            for row in range(len(reference.ids)):  # all of them now, under the lock
+                reference.logits(row)
+            _REFERENCE[key] = reference
+        return _REFERENCE[key]
 
 
 def measure(run: Run, ev: Eval = Eval(), *, progress: bool = True) -> dict:
@@ -154,8 +202,7 @@ def measure(run: Run, ev: Eval = Eval(), *, progress: bool = True) -> dict:
     "label", "method", "bits"}. Cached like `quantize`."""
 
     def compute():
-        _, tokenizer = load_model(run.model, fresh=False)
-        model = quantized_model(run, progress=progress)
+        model = _built_model(run, progress)
         reference = _reference_logits(run.model, ev)
         out = evaluate(model, reference.windows, reference, progress=progress).as_dict()
         size = model_size(model, run.spec)
@@ -173,7 +220,11 @@ def reference_metrics(model_name: str, ev: Eval = Eval(), *, progress: bool = Tr
         logits = _reference_logits(model_name, ev)  # computed here, shared with every `measure` that follows
         return {k: v for k, v in logits.evaluation().as_dict().items() if v is not None}
 
-    return cached("reference", {"model": model_name, "eval": asdict(ev)}, compute)
+    return cached("reference", _reference_params(model_name, ev), compute)
+
+
+def _reference_params(model_name: str, ev: Eval) -> dict:
+    return {"model": model_name, "eval": asdict(ev)}
 
 
 def shipped_runs(model: str = "gemma-3-270m", fast: bool = False) -> dict[str, Run]:
@@ -181,8 +232,9 @@ def shipped_runs(model: str = "gemma-3-270m", fast: bool = False) -> dict[str, R
 
     - "gptq": GPTQ INT4 symmetric g128 with the shipped tools' defaults (act-order, static groups), calibrated
       on 16 × 256 Britannica tokens;
-    - "awq": AWQ INT4 asymmetric g128 (the paper's setting), calibrated on 16 × 512 Britannica tokens (its
-      α and clipping searches read 512 of them: AWQConfig.search_tokens).
+    - "awq": AWQ INT4 asymmetric g128 (the paper's setting), calibrated on the same 16 × 256 Britannica tokens
+      as GPTQ (the channel statistics read all of them, the α and clipping searches 512: AWQConfig.search_tokens;
+      with this calibration, 257 and 1,028 searched tokens give perplexities within 2%, bench/RESULTS_AWQ.md).
 
     One definition, so all three notebooks name the same cached result. fast: the test run's small versions
     (GPTQ on the first 2 layers; AWQ on 2 × 64 tokens with a coarser α grid).
@@ -198,7 +250,7 @@ def shipped_runs(model: str = "gemma-3-270m", fast: bool = False) -> dict[str, R
     return {
         "gptq": Run(model, "gptq", QuantSpec(bits=4, group_size=128), n_calib=16, calib_len=256),
         "awq": Run(
-            model, "awq", QuantSpec(bits=4, symmetric=False, group_size=128), n_calib=16, calib_len=512
+            model, "awq", QuantSpec(bits=4, symmetric=False, group_size=128), n_calib=16, calib_len=256
         ),
     }
 
@@ -208,11 +260,82 @@ def continuation(run: Run | str, prompt: str, new_tokens: int = 30) -> str:
     model name. Cached; computed only for the texts a notebook shows (each costs a model load and a decode)."""
 
     def compute():
-        if isinstance(run, str):
-            model, tokenizer = load_model(run, fresh=False)
-        else:
-            model, tokenizer = quantized_model(run, progress=False), load_model(run.model, fresh=False)[1]
-        return {"text": generate(model, tokenizer, prompt, new_tokens)}
+        name = run if isinstance(run, str) else run.model
+        model = _float_model(run) if isinstance(run, str) else _built_model(run, progress=False)
+        return {"text": generate(model, load_model(name, fresh=False)[1], prompt, new_tokens)}
 
-    key = {"run": run if isinstance(run, str) else run.params(), "prompt": prompt, "new_tokens": new_tokens}
-    return cached("continuation", key, compute)["text"]
+    return cached("continuation", _continuation_params(run, prompt, new_tokens), compute)["text"]
+
+
+def _continuation_params(run: Run | str, prompt: str, new_tokens: int) -> dict:
+    return {"run": run if isinstance(run, str) else run.params(), "prompt": prompt, "new_tokens": new_tokens}
+
+
+def prefetch(
+    runs: Iterable[Run],
+    ev: Eval | None = None,
+    *,
+    prompt: str | None = None,
+    new_tokens: int = 30,
+    texts: Iterable[Run] | None = None,
+    desc: str = "whole-model results (background)",
+) -> threading.Thread | None:
+    """Start the whole-model work a notebook shows further down in a background thread, so that it runs while
+    the learner reads the cells above it: for each run in order, `quantize`, then with `ev` `measure` (the
+    reference's own perplexity first), then with `prompt` its `continuation` (and the float model's); `texts`:
+    only these runs' continuations (default: every run's).
+
+    Nothing else changes: the cells that show the results call `measure`, `quantize` and `continuation` as
+    before. A result already made is read from the cache, one being made is waited for (each result has its own
+    lock, `qviz.cache`), one not reached yet is computed by the cell itself. The work is the same either way; it
+    only starts earlier. One progress bar, in the cell that calls this. A step that fails in the background is
+    left for the cell that needs it, which then computes it and raises the error itself.
+
+    Returns the started thread (daemon), or None when everything is already cached.
+    """
+    runs = list(runs)
+    texts = runs if texts is None else list(texts)
+    steps = []  # (label, where its result is stored, function): in the order the notebook shows them
+    for run in runs:
+        if ev is not None and not any(step[0] == f"{run.model} reference" for step in steps):
+            path = result_path("reference", _reference_params(run.model, ev))
+            label = f"{run.model} reference"
+            steps.append((label, path, lambda run=run: reference_metrics(run.model, ev, progress=False)))
+        if ev is not None:
+            path = result_path("measure", _measure_params(run, ev))
+            steps.append((run.label, path, lambda run=run: measure(run, ev, progress=False)))
+        else:
+            path = result_path("run", run.params(), ".safetensors")
+            steps.append((run.label, path, lambda run=run: quantize(run, progress=False)))
+        if prompt is not None and run in texts:
+            path = result_path("continuation", _continuation_params(run, prompt, new_tokens))
+            steps.append((f"{run.label}: text", path, lambda run=run: continuation(run, prompt, new_tokens)))
+    for name in dict.fromkeys(run.model for run in runs) if prompt is not None else ():
+        path = result_path("continuation", _continuation_params(name, prompt, new_tokens))
+        steps.append((f"{name}: text", path, lambda name=name: continuation(name, prompt, new_tokens)))
+    todo = [(label, path, step) for label, path, step in steps if not path.exists()]
+    if not todo:
+        return None
+    _PENDING.update(path for _, path, _ in todo)
+    bar = tqdm(total=len(todo), desc=desc, unit="result")  # made here, so that it shows in this cell
+
+    def work():
+        failed = 0
+        for label, path, step in todo:
+            bar.set_postfix_str(label)
+            try:
+                step()
+            except Exception as err:  # the cell that needs it computes it again and raises it there
+                failed += 1
+                bar.set_postfix_str(f"{label} failed ({type(err).__name__}); its cell will say why")
+            else:
+                bar.update()
+            finally:
+                _PENDING.discard(path)
+        if not failed:
+            bar.set_postfix_str("done")
+        bar.close()
+
+    thread = threading.Thread(target=work, name="qviz-prefetch", daemon=True)
+    thread.start()
+    return thread

@@ -62,3 +62,50 @@ def test_quantize_is_cached_and_measure_is_one_pass(smollm2, tmp_path, monkeypat
     assert torch.equal(
         model.model.layers[1].mlp.down_proj.weight, smollm2[0].model.layers[1].mlp.down_proj.weight
     )
+
+
+@pytest.mark.slow
+def test_prefetch_computes_each_result_once_and_the_cell_waits_for_it(smollm2, tmp_path, monkeypatch):
+    """A prefetch started "at the top of a notebook": the foreground asks for the same results while the
+    background is still computing them, waits, and reads back exactly what a plain run gives (computed once)."""
+    monkeypatch.setattr(qviz.cache, "results_dir", lambda: tmp_path)
+    calls = []
+    compute = runs._compute
+    monkeypatch.setattr(runs, "_compute", lambda run, progress: calls.append(run) or compute(run, progress))
+    rtn = Run("smollm2-135m", "rtn", QuantSpec(bits=4, group_size=64))
+    gptq = Run("smollm2-135m", "gptq", QuantSpec(bits=4, group_size=64), n_calib=2, calib_len=32, n_layers=1)
+    ev, prompt = Eval(seqlen=32, n=2), "The capital of France is"
+
+    thread = runs.prefetch([rtn, gptq], ev, prompt=prompt, new_tokens=3)
+    assert thread is not None and thread.is_alive()
+    assert "being computed in the background" in runs.cache_status([rtn, gptq], ev)
+    seen = {label: runs.measure(run, ev, progress=False) for label, run in (("rtn", rtn), ("gptq", gptq))}
+    texts = [runs.continuation(run, prompt, 3) for run in (rtn, gptq, "smollm2-135m")]
+    thread.join(timeout=600)
+    assert not thread.is_alive() and len(calls) == 2  # each quantized once, by whichever thread came first
+    assert runs._PENDING == set() and runs.prefetch([rtn, gptq], ev, prompt=prompt, new_tokens=3) is None
+    assert "0 are" not in runs.cache_status([rtn, gptq], ev)
+
+    # the same numbers and texts as a plain, single-threaded run in an empty cache
+    monkeypatch.setattr(qviz.cache, "results_dir", lambda: tmp_path / "plain")
+    runs._REFERENCE.clear()
+    for label, run in (("rtn", rtn), ("gptq", gptq)):
+        plain = runs.measure(run, ev, progress=False)
+        assert plain["kl"] == pytest.approx(seen[label]["kl"], rel=1e-5) and plain["kl"] > 0
+        assert plain["token_nll"] == pytest.approx(seen[label]["token_nll"], rel=1e-5)
+    assert [runs.continuation(run, prompt, 3) for run in (rtn, gptq, "smollm2-135m")] == texts
+
+
+def test_prefetch_of_a_failing_run_leaves_the_error_to_the_cell(tmp_path, monkeypatch):
+    monkeypatch.setattr(qviz.cache, "results_dir", lambda: tmp_path)
+
+    def broken(run, progress):
+        raise ValueError("calibration text is empty")
+
+    monkeypatch.setattr(runs, "_compute", broken)
+    run = Run("smollm2-135m", "gptq", n_calib=2, calib_len=32)
+    thread = runs.prefetch([run])
+    thread.join(timeout=60)
+    assert runs._PENDING == set() and not runs.is_cached(run)
+    with pytest.raises(ValueError, match="calibration text is empty"):  # the cell computes it and says why
+        runs.quantize(run, progress=False)
