@@ -68,15 +68,18 @@ def run_peer(
     options: list[str],
     threads: int,
     timeout: float,
+    extra: dict | None = None,
 ) -> tuple[dict, float]:
     """Run the peer's half `side` on the float folder `model_dir`; return (what it saved, process seconds).
 
     cal: (n, seq) calibration ids as given to qviz; the peer gets exactly the token rows qviz's
     capture_layer_inputs builds, BOS + window, (n, seq + 1). options: the side script's own flags.
+    extra: more tensors for the side script, saved in the same windows file (e.g. evaluation ids).
     """
     with tempfile.TemporaryDirectory() as tmp:
         windows, out = Path(tmp, "windows.pt"), Path(tmp, "peer.pt")
-        torch.save({"calib": torch.cat([torch.full_like(cal[:, :1], bos), cal], dim=1)}, windows)
+        calib = torch.cat([torch.full_like(cal[:, :1], bos), cal], dim=1)
+        torch.save({"calib": calib, **(extra or {})}, windows)
         command = [peer_python, str(side), "--model", str(model_dir), "--windows", str(windows)]
         command += ["--out", str(out), *options, "--threads", str(threads)]
         start = time.perf_counter()

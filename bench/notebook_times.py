@@ -48,7 +48,9 @@ with client.setup_kernel():
         client.execute_cell(cell, index)
         cells.append((index, cell.source.splitlines()[0][:70] if cell.source else "", time.perf_counter() - start))
         errors += [o.get("ename", "") for o in cell.outputs if o.output_type == "error"]
-print(json.dumps({"cells": cells, "errors": errors}))
+import resource  # the kernel has exited and been waited for: its peak resident memory, in KiB on Linux
+peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+print(json.dumps({"cells": cells, "errors": errors, "peak_gb": peak_gb}))
 """
     start = time.perf_counter()
     proc = subprocess.run(
@@ -107,7 +109,7 @@ def main() -> None:
             after = os.getloadavg()[0]
             slow = sorted(r["cells"], key=lambda c: -c[2])[:3]
             rows.append({"notebook": path.name, "phase": phase, "seconds": r["seconds"], "load": (before, after),
-                         "slowest": slow, "cells": r["cells"], "errors": r["errors"]})  # fmt: skip
+                         "slowest": slow, "cells": r["cells"], "errors": r["errors"], "peak_gb": r["peak_gb"]})  # fmt: skip
             print(
                 f"{phase:4s} {path.name:32s} {r['seconds']:7.1f} s  load {before:.1f} -> {after:.1f}",
                 flush=True,
@@ -133,8 +135,8 @@ def report(rows: list[dict], prepare_seconds: float | None, head: str, args) -> 
         f"- goals: each notebook cold <= {GOAL_COLD_S // 60} min, warm <= {GOAL_WARM_S // 60} min; the sequence "
         f"warm <= {GOAL_SEQUENCE_WARM_S // 60} min; `qviz prepare` cold <= {GOAL_PREPARE_S // 60} min",
         "",
-        "| notebook | cold (s) | warm (s) | load avg (cold run) | slowest cells, cold (s) |",
-        "|---|---|---|---|---|",
+        "| notebook | cold (s) | warm (s) | load avg (cold run) | peak memory, cold (GB) | slowest cells, cold (s) |",
+        "|---|---|---|---|---|---|",
     ]
     by = {}
     for r in rows:
@@ -146,6 +148,7 @@ def report(rows: list[dict], prepare_seconds: float | None, head: str, args) -> 
         lines[-1] += (
             (f"{warm['seconds']:.0f} | " if warm else "- | ")
             + (f"{cold['load'][0]:.1f} -> {cold['load'][1]:.1f} | " if cold else "- | ")
+            + (f"{cold['peak_gb']:.1f} | " if cold else "- | ")
             + slow
             + " |"
         )

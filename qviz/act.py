@@ -56,12 +56,12 @@ __all__ = [
     "calibrate_act_scales",
     "channel_absmax",
     "fake_quantize_act",
+    "output_error",
     "quantize_activations",
 ]
 
 ACT_FORMATS = {
-    "int8": 127,
-    "int4": 7,
+    **{f"int{bits}": 2 ** (bits - 1) - 1 for bits in range(8, 1, -1)},  # int8 (127) ... int4 (7) ... int2 (1)
     "fp8_e4m3": get_format("fp8_e4m3").max,
 }  # format -> qmax (448 for E4M3)
 ACT_GRANULARITIES = ("per-tensor", "per-token")
@@ -71,7 +71,7 @@ ACT_GRANULARITIES = ("per-tensor", "per-token")
 class ActSpec:
     """How to quantize the input X of a linear (symmetric). Validated on construction; bad values raise."""
 
-    fmt: str = "int8"  # "int8", "int4" or "fp8_e4m3"
+    fmt: str = "int8"  # "int8", "int4" (any "int2" .. "int8": symmetric, codes ±(2^(b−1) − 1)) or "fp8_e4m3"
     granularity: str = "per-token"  # "per-token": one scale per row of X; "per-tensor": one for all of X
     static: bool = False  # per-tensor only: the scale is fixed from calibration maxima (calibrate_act_scales)
 
@@ -90,7 +90,7 @@ class ActSpec:
 
     @property
     def qmax(self) -> float:
-        """Largest code magnitude: 127 (int8), 7 (int4), 448 (fp8_e4m3)."""
+        """Largest code magnitude: 127 (int8), 7 (int4), 1 (int2), 448 (fp8_e4m3)."""
         return ACT_FORMATS[self.fmt]
 
     @property
@@ -136,6 +136,25 @@ def fake_quantize_act(x: torch.Tensor, spec: ActSpec, scale=None) -> torch.Tenso
     else:
         C = round_to_grid(X, safe, 0, -spec.qmax, spec.qmax)
     return (C * s).to(x.dtype)
+
+
+def output_error(X: torch.Tensor, W: torch.Tensor, spec: ActSpec, scale=None) -> float:
+    """What quantizing one linear's input alone costs its output: ‖X̂Wᵀ − XWᵀ‖² / ‖XWᵀ‖², X̂ = fake_quantize_act(X).
+
+    X (tokens, in_features) the captured input, W (out_features, in_features) the weight, kept in float so that
+    only the activation format is measured. 0 for a lossless format; 1 when X̂ = 0.
+
+    >>> X = torch.tensor([[100.0, 1.0, -1.0], [2.0, 1.0, 0.5]])  # channel 0: an outlier
+    >>> W = torch.tensor([[0.0, 1.0, 1.0]])  # an output that reads the ordinary channels only
+    >>> output_error(X, W, ActSpec("int4", "per-tensor"))  # one step, 100/7: every ordinary value rounds to 0
+    1.0
+    >>> round(output_error(X, W, ActSpec("int4", "per-token")), 3)  # row 2 gets its own step, 2/7
+    0.002
+    """
+    check_tensor(W)
+    Y = X.float() @ W.float().T
+    error = (fake_quantize_act(X, spec, scale).float() - X.float()) @ W.float().T
+    return float(error.pow(2).sum() / Y.pow(2).sum().clamp_min(torch.finfo(torch.float32).tiny))
 
 
 # --- on a model ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from .arch import decoder_linears
 from .calib.capture import forwards_replaced
 from .quant import check_tensor, round_to_grid
 
-__all__ = ["OutlierLog", "int8_decomposed_matmul", "llm_int8"]
+__all__ = ["OutlierLog", "int8_decomposed_matmul", "llm_int8", "output_error"]
 
 
 def _check_threshold(threshold) -> None:
@@ -92,6 +92,16 @@ def int8_decomposed_matmul(
     if bias is not None:
         Y = Y + bias.float()
     return Y.reshape(*x.shape[:-1], W.shape[0]).to(x.dtype), outlier.nonzero().flatten()
+
+
+def output_error(X: torch.Tensor, W: torch.Tensor, threshold: float = 6.0) -> tuple[float, int]:
+    """LLM.int8() on one linear: (‖Y − XWᵀ‖² / ‖XWᵀ‖² with Y = int8_decomposed_matmul(X, W, threshold), the number of
+    input columns it multiplied in float). X (tokens, in_features), W (out_features, in_features).
+    threshold=math.inf: plain vector-wise INT8 (no column in float); 0: every non-zero column in float (error 0)."""
+    Y, outlier_cols = int8_decomposed_matmul(X.float(), W, threshold)
+    exact = X.float() @ W.float().T
+    error = (Y - exact).pow(2).sum() / exact.pow(2).sum().clamp_min(torch.finfo(torch.float32).tiny)
+    return float(error), len(outlier_cols)
 
 
 @dataclass

@@ -191,7 +191,8 @@ def _reference_logits(model_name: str, ev: Eval) -> ReferenceLogits:
                 _float_model(model_name), eval_windows(tokenizer, ev.text, seqlen=ev.seqlen, n=ev.n)
             )
             for row in range(len(reference.ids)):  # all of them now, under the lock
-                reference.logits(row)
+                reference.stats(row)
+            reference.model = load_model(model_name, fresh=False)[0]  # only read now: a private copy is freed
             _REFERENCE[key] = reference
         return _REFERENCE[key]
 
@@ -332,6 +333,8 @@ def prefetch(
                 bar.update()
             finally:
                 _PENDING.discard(path)
+                if label.endswith(": text"):
+                    _BUILT.clear()  # the run's model has served its measure and its text: free it
         if not failed:
             bar.set_postfix_str("done")
         bar.close()

@@ -83,6 +83,18 @@ def test_int4_per_token_uses_at_most_15_levels_per_row():
         assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.abs().max() <= 7 + 1e-4
 
 
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_every_int_width_has_2_to_the_b_minus_1_levels_per_row(bits):
+    """intB per-token: codes in ±(2^(B−1) − 1), so a row that reaches its max on both signs uses every one of the
+    2^B − 1 levels; checked against the formula round(x / s) · s, s = max|x| / (2^(B−1) − 1)."""
+    qmax = 2 ** (bits - 1) - 1
+    x = torch.linspace(-3.0, 3.0, 4001)[None]  # dense enough to hit every level
+    x_hat = fake_quantize_act(x, ActSpec(f"int{bits}", "per-token"))
+    s = 3.0 / qmax
+    assert torch.equal(x_hat, torch.round(x / s) * s)
+    assert len(torch.unique(x_hat)) == 2 * qmax + 1 and ActSpec(f"int{bits}").label.startswith(f"A{bits} ")
+
+
 @pytest.mark.parametrize("granularity", ["per-token", "per-tensor"])
 @pytest.mark.parametrize("magnitude", [1e-3, 1.0, 1e3], ids=["1e-3", "1", "1e3"])
 def test_fp8_equals_torch_cast_bit_for_bit(granularity, magnitude):
@@ -150,8 +162,8 @@ def test_non_finite_input_raises(bad):
 @pytest.mark.parametrize(
     "kwargs, allowed",
     [
-        (dict(fmt="int16"), "'int8', 'int4', 'fp8_e4m3'"),
-        (dict(fmt="fp8_e5m2"), "'int8', 'int4', 'fp8_e4m3'"),
+        (dict(fmt="int16"), "'int8', 'int7', 'int6', 'int5', 'int4', 'int3', 'int2', 'fp8_e4m3'"),
+        (dict(fmt="fp8_e5m2"), "'int8', 'int7', 'int6', 'int5', 'int4', 'int3', 'int2', 'fp8_e4m3'"),
         (dict(granularity="per-channel"), "'per-tensor', 'per-token'"),
         (dict(granularity="per-token", static=True), "per-tensor"),
         (dict(granularity="per-tensor", static="yes"), "True or False"),

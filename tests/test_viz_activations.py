@@ -74,3 +74,73 @@ def test_explorer_refuses_mismatched_inputs():
         SmoothQuantExplorer(ACT, WMAX[:3], SWEEP, name="toy", baseline=1.0)
     with pytest.raises(ValueError, match="equally long lists"):
         SmoothQuantExplorer(ACT, WMAX, {"alpha": [0.5], "kl": []}, name="toy", baseline=1.0)
+
+
+def _outlier_layer(seed=0):
+    """A linear whose input has one outlier channel (40x the rest), as real decoder inputs do."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(256, 64, generator=g)
+    X[:, 5] *= 40
+    return X, torch.randn(32, 64, generator=g) / 8
+
+
+def test_act_output_error_against_an_independent_formula():
+    """qviz.act.output_error on per-token intB = ‖(round(X/s)·s − X)Wᵀ‖² / ‖XWᵀ‖², s = row max / (2^(B−1) − 1),
+    written out here in float64; the error falls with every added bit, and per-token beats per-tensor."""
+    from qviz.act import ActSpec, output_error
+
+    X, W = _outlier_layer()
+    for bits in range(2, 9):
+        qmax = 2 ** (bits - 1) - 1
+        s = X.double().abs().amax(1, keepdim=True) / qmax
+        expected = ((torch.round(X.double() / s) * s - X.double()) @ W.double().T).pow(2).sum() / (
+            (X.double() @ W.double().T).pow(2).sum()
+        )
+        assert output_error(X, W, ActSpec(f"int{bits}", "per-token")) == pytest.approx(
+            expected.item(), rel=1e-3
+        )
+    errors = {
+        g: [output_error(X, W, ActSpec(f"int{b}", g)) for b in range(2, 9)]
+        for g in ("per-tensor", "per-token")
+    }
+    for curve in errors.values():
+        assert all(a > b for a, b in zip(curve, curve[1:]))
+    assert all(t < p for t, p in zip(errors["per-token"], errors["per-tensor"]))
+
+
+def test_llm_int8_output_error_counts_the_float_channels():
+    import math
+
+    from qviz import llm_int8
+
+    X, W = _outlier_layer()
+    plain, none = llm_int8.output_error(X, W, math.inf)
+    split, n_float = llm_int8.output_error(X, W, 6.0)
+    assert none == 0 and n_float == int((X.abs().amax(0) > 6.0).sum()) >= 1
+    assert split < plain / 5  # taking the outlier channel out of the INT8 scales helps a lot
+    assert llm_int8.output_error(X, W, 0.0) == (pytest.approx(0.0, abs=1e-10), 64)  # every channel in float
+
+
+def test_activation_explorer_moves_its_marker_and_threshold_line():
+    from qviz.act import ActSpec, output_error
+    from qviz.viz.activations import act_bits_figure, outlier_threshold_figure
+    from qviz.widgets.activations import ActQuantExplorer
+
+    X, W = _outlier_layer()
+    explorer = ActQuantExplorer(X, W, name="toy")
+    for fig in (explorer.bits_fig, explorer.outlier_fig):
+        assert_readable(fig)
+        assert not any(isinstance(t.y, np.ndarray) for t in fig.data)  # lists: FigureWidgets render them
+    explorer.set(bits=4, granularity="per-token")
+    assert explorer.bits_fig.data[-1].x == (4,)
+    assert explorer.state["error"] == pytest.approx(output_error(X, W, ActSpec("int4", "per-token")))
+    explorer.set(threshold=3.0)
+    assert explorer.outlier_fig.data[1].y == (3.0, 3.0) and explorer.state["n_float"] >= 1
+    assert f"{explorer.state['n_float']} of 64" in explorer.outlier_fig.layout.title.text
+    assert "A4 per-token" in explorer.summary.value
+    assert_readable(act_bits_figure(range(2, 9), explorer.errors, name="toy"))
+    assert_readable(
+        outlier_threshold_figure(X.abs().amax(0), 6.0, name="t", error=0.1, n_float=1, error_int8=0.2)
+    )
+    with pytest.raises(ValueError, match="one in_features"):
+        ActQuantExplorer(X, W[:, :10], name="toy")

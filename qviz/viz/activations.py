@@ -11,10 +11,12 @@ import torch
 from plotly.subplots import make_subplots
 
 __all__ = [
+    "act_bits_figure",
     "kl_by_position_figure",
     "max_over_median",
     "metric_vs_alpha_figure",
     "outlier_stats_figure",
+    "outlier_threshold_figure",
     "smoothing_figure",
 ]
 
@@ -104,5 +106,60 @@ def kl_by_position_figure(curves: dict[str, torch.Tensor], *, title: str, smooth
         title=title, xaxis_title="position in the window (tokens of context)",
         yaxis_title=f"KL to the float cache (nats/token, mean of {smooth})", yaxis_type="log",
         template="plotly_white", height=400,
+    )  # fmt: skip
+    return fig
+
+
+def act_bits_figure(
+    bits, errors: dict[str, list[float]], *, name: str, at: tuple[str, int] | None = None
+) -> go.Figure:
+    """One linear's relative output error with its input quantized to intB (`qviz.act.output_error`), one line
+    per granularity (`errors`: label -> a value per entry of `bits`); `at` = (label, bits): a marker there (the
+    controls' setting). Log y: the errors span orders of magnitude."""
+    bits = list(bits)
+    fig = go.Figure()
+    for (label, values), color in zip(errors.items(), (_BEFORE, _AFTER, "#2ca02c")):
+        fig.add_trace(
+            go.Scatter(x=bits, y=list(values), mode="lines+markers", name=label, line=dict(color=color))
+        )
+    if at is not None:
+        label, b = at
+        y = errors[label][bits.index(b)]
+        fig.add_trace(
+            go.Scatter(
+                x=[b],
+                y=[y],
+                mode="markers",
+                name=f"A{b} {label}: {y:.2e}",
+                marker=dict(size=14, color="#d62728", symbol="circle-open", line=dict(width=3)),
+            )
+        )
+    fig.update_layout(
+        title=f"{name}: output error with only the input quantized (weights in float)",
+        xaxis_title="activation bits (symmetric integer codes)", yaxis_title="‖X̂Wᵀ − XWᵀ‖² / ‖XWᵀ‖² (log)",
+        yaxis_type="log", template="plotly_white", height=380,
+    )  # fmt: skip
+    return fig
+
+
+def outlier_threshold_figure(
+    col_max: torch.Tensor, threshold: float, *, name: str, error: float, n_float: int, error_int8: float
+) -> go.Figure:
+    """LLM.int8() on one linear: the input channels' max|X_j|, largest first (points; log y), and the outlier
+    threshold (dashed): the channels above it are multiplied in float. The title gives how many, and the output
+    error with them (`error`) and without them (`error_int8`, plain vector-wise INT8): `qviz.llm_int8.output_error`."""
+    values = col_max.float().sort(descending=True).values.tolist()  # lists: a FigureWidget must render them
+    rank = list(range(1, len(values) + 1))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=rank, y=values, mode="markers", marker=dict(size=4, color=_AFTER),
+                             name="max |X_j| of one input channel"))  # fmt: skip
+    fig.add_trace(go.Scatter(x=[1, len(values)], y=[threshold, threshold], mode="lines", name=f"threshold {threshold:.3g}",
+                             line=dict(dash="dash", color="#d62728")))  # fmt: skip
+    fig.update_layout(
+        title=f"{name}: LLM.int8() keeps the {n_float} of {len(values)} input channels above {threshold:.3g} in "
+        f"float<br>output error {error:.2e}; all of them in INT8 (vector-wise): {error_int8:.2e}",
+        xaxis_title="input channels, largest first (rank, log)", xaxis_type="log",
+        yaxis_title="max over tokens of |X_j| (log)", yaxis_type="log", template="plotly_white", height=400,
+        margin=dict(t=90),
     )  # fmt: skip
     return fig
