@@ -5,6 +5,7 @@ and evaluation (notebook 08 measures the same on more text: KL 0.90 -> 0.25 and 
 import copy
 
 import pytest
+import torch
 
 from qviz.act import ActSpec, calibrate_act_scales, channel_absmax, fake_quantize_act, quantize_activations
 from qviz.data import calib_windows, eval_windows
@@ -57,3 +58,17 @@ def test_hadamard_rotation_lowers_w4a4_kl_by_half(setting):
         quantize_model(model, W4, progress=False)  # the rotated weights W·R are rounded
         rotated = _kl(model, ref)
     assert rotated < 0.5 * plain, (plain, rotated)
+
+
+@pytest.mark.slow
+def test_rotation_keeps_the_real_models_float_logits(setting):
+    """x·R and W·R with R orthogonal: the rotated float SmolLM2 computes the same logits (float32 rounding only),
+    and leaving the block restores it exactly."""
+    reference, _, ref = setting
+    model = copy.deepcopy(reference)
+    ids = ref.ids[:1, :128]
+    before = model(input_ids=ids).logits.detach()
+    with rotate_linears(model, "hadamard", 0):
+        rotated = model(input_ids=ids).logits.detach()
+    assert (rotated - before).abs().max() <= 1e-4 * before.abs().max()
+    assert torch.equal(model(input_ids=ids).logits.detach(), before)
