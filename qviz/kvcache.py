@@ -80,7 +80,7 @@ def _check(fmt, axis, group_size=None, axis_name: str = "axis") -> None:
 class KVSpec:
     """How the KV cache is quantized. Validated on construction; bad values raise ValueError."""
 
-    fmt: str  # element format of cached keys and values: "int8", "int4" or "fp8_e4m3"
+    fmt: str  # element format of cached keys and values: "int8", "int4" (any "int2" .. "int8") or "fp8_e4m3"
     key_axis: str = "per-channel"  # one scale per (head, channel) over tokens (KIVI), or per (head, token)
     value_axis: str = "per-token"  # one scale per (head, token) over head_dim (KIVI), or per (head, channel)
     group_size: int | None = None  # per-channel axes: tokens per scale; None: all tokens of the window

@@ -120,7 +120,7 @@ def test_keeps_dtype():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(fmt="int3"), "'int8', 'int4', 'fp8_e4m3'"),
+        (dict(fmt="int16"), "'int8', 'int7', 'int6', 'int5', 'int4', 'int3', 'int2', 'fp8_e4m3'"),
         (dict(fmt="int4", key_axis="per-head"), "key_axis must be one of \\('per-channel', 'per-token'\\)"),
         (dict(fmt="int4", value_axis="channel"), "value_axis must be one of"),
         (dict(fmt="int4", group_size=0), "positive integer"),
