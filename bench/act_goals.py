@@ -31,6 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing qviz
 
+from _peer import write_section  # noqa: E402
+
 from qviz.act import (  # noqa: E402
     ActSpec,
     calibrate_act_scales,
@@ -164,12 +166,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        results = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results: activations\n"
-        if START in results and END in results:
-            results = results[: results.index(START)] + text + results[results.index(END) + len(END) :]
-        else:
-            results = results.rstrip("\n") + "\n\n" + text + "\n"
-        RESULTS.write_text(results)
+        write_section(RESULTS, START, END, text)
 
 
 if __name__ == "__main__":
