@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from torch import nn
 from tqdm.auto import tqdm
 
 from .arch import FAMILIES, ArchFamily, ScaleGroup, decoder_layers, family_of, linear_layers, scale_groups
@@ -322,12 +323,47 @@ def load_model(
     with _LOAD_LOCK:  # one load (or conversion) at a time: `qviz.runs.prefetch` loads from a second thread
         if key not in _LOADED:
             _LOADED[key] = _load(name, dtype, trust_remote_code)
+            _record_pristine_hooks(_LOADED[key][0])
     model, tokenizer = _LOADED[key]
     if fresh:
-        model = copy.deepcopy(model)
+        model = _copy_without_added_hooks(model)
     if device is not None:
         model = model.to(device)  # note: with fresh=False this moves the shared instance
     return model, tokenizer
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _copy_without_added_hooks(model: nn.Module) -> nn.Module:
+    """A deep copy of the shared model as it was loaded: hooks that a notebook (or `qviz.calib.capture`) has
+    registered on the shared instance meanwhile are not copied. deepcopy copies them, so a copy made while a
+    notebook captures activations from the shared model would run that capture's hooks in its own passes (a
+    background `qviz.runs.prefetch` thread did: its passes fed the notebook's capture and stopped on its
+    StopForward). The hooks present right after loading (`_PRISTINE_HOOKS`, e.g. a library's own) are kept."""
+    copied = copy.deepcopy(model)
+    pristine = _PRISTINE_HOOKS.get(id(model), {})
+    for name, module in copied.named_modules():
+        for attr in _HOOK_DICTS:
+            hooks = getattr(module, attr, None)
+            if hooks:
+                keep = pristine.get((name, attr), set())
+                for handle_id in [k for k in hooks if k not in keep]:
+                    del hooks[handle_id]
+                    getattr(module, attr + "_with_kwargs", {}).pop(handle_id, None)
+                    getattr(module, "_forward_hooks_always_called", {}).pop(handle_id, None)
+    return copied
+
+
+_PRISTINE_HOOKS: dict[int, dict] = {}  # id(shared model) -> {(module name, hook dict): handle ids at load}
+
+
+def _record_pristine_hooks(model: nn.Module) -> None:
+    _PRISTINE_HOOKS[id(model)] = {
+        (name, attr): set(getattr(module, attr, {}))
+        for name, module in model.named_modules()
+        for attr in _HOOK_DICTS
+    }
 
 
 def _load(name: str, dtype: torch.dtype, trust_remote_code: bool):

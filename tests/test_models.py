@@ -134,6 +134,36 @@ def test_in_process_cache_returns_independent_copies(tmp_path):
     models.clear_memory_cache()
 
 
+def test_a_fresh_copy_does_not_carry_hooks_put_on_the_shared_model(tmp_path):
+    """A notebook capturing activations hooks the shared model; a copy made meanwhile (a background prefetch
+    thread's) must not run those hooks: it did, and its passes fed the notebook's capture and stopped on its
+    StopForward. Hooks the model had when loaded stay."""
+    folder = str(save_tiny_folder(tmp_path / "ckpt"))
+    shared, _ = models.load_model(folder, fresh=False)
+    layer = shared.model.layers[0].self_attn.q_proj
+    calls = []
+    handles = [
+        layer.register_forward_pre_hook(lambda m, a: calls.append("pre")),
+        layer.register_forward_hook(
+            lambda m, a, k, o: calls.append("post"), with_kwargs=True, always_call=True
+        ),
+    ]
+    try:
+        copy_, _ = models.load_model(folder)
+        with torch.no_grad():
+            copy_(input_ids=torch.tensor([[1, 2, 3]]))
+        assert calls == []  # the copy ran without the shared model's hooks
+        q = copy_.model.layers[0].self_attn.q_proj
+        assert not q._forward_pre_hooks and not q._forward_hooks and not q._forward_hooks_with_kwargs
+        with torch.no_grad():
+            shared(input_ids=torch.tensor([[1, 2, 3]]))
+        assert calls == ["pre", "post"]  # the shared model keeps them
+    finally:
+        for h in handles:
+            h.remove()
+        models.clear_memory_cache()
+
+
 def test_conversion_is_atomic_and_drops_the_gguf_marker(tmp_path, monkeypatch):
     """_convert with the GGUF reader replaced by a tiny model: a failure leaves no folder behind."""
     import transformers
