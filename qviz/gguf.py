@@ -41,6 +41,7 @@ BLOCKS = {
     "Q4_1": (32, 2 + 2 + 16),  # d, m, 32 4-bit codes
     "Q5_0": (32, 2 + 4 + 16),  # d, the 32 fifth bits, 32 low nibbles
     "Q8_0": (32, 2 + 32),  # d, 32 signed bytes
+    "Q3_K": (QK_K, 32 + 64 + 12 + 2),  # 256 third bits, 256 2-bit pairs, 16 scales in 6 bits, d
     "Q4_K": (QK_K, 2 + 2 + 12 + 128),  # d, dmin, 8 scales + 8 mins in 6 bits, 256 4-bit codes
     "Q5_K": (QK_K, 2 + 2 + 12 + 32 + 128),  # ... plus the 256 fifth bits
     "Q6_K": (QK_K, 128 + 64 + 16 + 2),  # 256 low nibbles, 256 high 2-bit pairs, 16 int8 scales, d
@@ -159,6 +160,23 @@ def _chunks_of_64(qs: torch.Tensor) -> torch.Tensor:
     return torch.cat([_nibbles(qs[:, 32 * i : 32 * i + 32]) for i in range(4)], dim=-1)
 
 
+def _q3_k(b):
+    """w = (d·(sc_j − 32))·(q − 4) for the 16 sub-blocks of 16: q's low 2 bits in qs (per 128 weights, 4 runs of 32
+    in bit pairs 0, 2, 4, 6 of the same 32 bytes), its third bit in hmask (weight i: byte i % 32, bit i // 32); the
+    6-bit scales as 4 low bits (bytes 0-7: sub-block j < 8 low nibble, j + 8 high nibble) plus 2 top bits (byte
+    8 + j % 4, bit pair j // 4)."""
+    hmask, qs, sc, d = b[:, 0:32], b[:, 32:96], b[:, 96:108], _f16(b[:, 108:110])
+    low4 = torch.cat([sc[:, :8] & 0x0F, sc[:, :8] >> 4], dim=-1)  # (n, 16)
+    top2 = torch.cat([(sc[:, 8:12] >> (2 * k)) & 3 for k in range(4)], dim=-1)  # j = 4k + i
+    scales = (low4 | (top2 << 4)).float() - 32
+    low = torch.cat(
+        [(qs[:, 32 * h : 32 * h + 32] >> (2 * k)) & 3 for h in range(2) for k in range(4)], dim=-1
+    )
+    high = torch.cat([(hmask >> k) & 1 for k in range(8)], dim=-1)  # weight 32k + l: bit k of hmask[l]
+    q = (low | (high << 2)).float() - 4  # (n, 256)
+    return ((d * scales)[..., None] * q.reshape(-1, 16, 16)).reshape(-1, QK_K)
+
+
 def _q4_k(b):
     return _k4(b, _chunks_of_64(b[:, 16:144]))
 
@@ -193,6 +211,7 @@ _DECODERS = {
     "Q4_1": _q4_1,
     "Q5_0": _q5_0,
     "Q8_0": _q8_0,
+    "Q3_K": _q3_k,
     "Q4_K": _q4_k,
     "Q5_K": _q5_k,
     "Q6_K": _q6_k,

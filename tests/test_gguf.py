@@ -27,7 +27,7 @@ def test_random_blocks_decode_as_gguf_decodes_them(kind):
     per_block, size = BLOCKS[kind]
     raw = np.random.default_rng(0).integers(0, 256, size=(64, size), dtype=np.uint8)
     halves = np.frombuffer(np.float16([0.013, 0.002]).tobytes(), np.uint8)
-    if kind == "Q6_K":
+    if kind in ("Q6_K", "Q3_K"):
         raw[:, -2:] = halves[:2]  # a finite d (stored last)
     else:
         raw[:, :4] = halves  # finite d and m / dmin (Q5_0, Q8_0: d and two code bytes)
