@@ -1,0 +1,93 @@
+"""Block-scaled 4-bit floats, the weight formats of the newest accelerators: MXFP4 and NVFP4.
+
+Both store each weight as FP4 E2M1 (a sign and the magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6; `qviz.formats`) times
+a scale shared by a small block of consecutive weights of a row. They differ in the block and the scale:
+
+    MXFP4 (OCP Microscaling, 2023)   blocks of 32; the scale is a power of two stored as E8M0 (8 bits):
+                                     X = 2^(floor(log2 max|w|) − 2), so the block's largest binade meets E2M1's
+                                     largest (4..6); values beyond 6·X saturate to ±6·X.      4 + 8/32 = 4.25 bits
+    NVFP4 (NVIDIA Blackwell)         blocks of 16; the scale is FP8 E4M3 (8 bits, 3 mantissa bits: not just
+                                     powers of two), s_b = max|w|/6 rounded to E4M3, times one FP32 scale per
+                                     tensor, max|W|/(6·448), that brings the block scales into E4M3's range.
+                                                                                          4 + 8/16 = 4.5 bits
+
+The power-of-two scale costs MXFP4: a block whose largest weight is just above a power of two uses the grid
+up to 6 of its 8 (the top binade is [4, 8), E2M1 stops at 6), and a block whose largest weight is just below
+rounds it to 6·X from up to 8·X. NVFP4's E4M3 scale tracks max|w| within 1/16, and its blocks are half as long.
+A rotation (Hadamard) spreads outliers over the block, so that every weight's block maximum is closer to
+typical: that helps the coarse scale more.
+
+Rounding to E2M1 is round-to-nearest, ties to even (`qviz.formats.round_to`), as the OCP spec asks
+(llama.cpp's MXFP4 writer sends ties to the smaller magnitude; it changes a few codes in a million).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .formats import FORMATS, round_to
+
+__all__ = ["FP4_FORMATS", "BlockFP4", "bits_per_weight", "quantize_fp4"]
+
+E2M1_MAX = 6.0
+E4M3_MAX = FORMATS["fp8_e4m3"].max  # 448
+FP4_FORMATS = {"mxfp4": 32, "nvfp4": 16}  # format -> block length
+
+
+@dataclass(frozen=True)
+class BlockFP4:
+    """A weight (rows, columns) in MXFP4 or NVFP4: `values` the E2M1 numbers (as float32, ±{0, ..., 6}),
+    `scales` one per block (rows, columns / block), `tensor_scale` the FP32 scale per tensor (1 for MXFP4).
+    w ≈ values · scales (repeated over each block) · tensor_scale."""
+
+    format: str
+    values: torch.Tensor
+    scales: torch.Tensor
+    tensor_scale: float
+
+    @property
+    def block(self) -> int:
+        return FP4_FORMATS[self.format]
+
+    def dequantize(self) -> torch.Tensor:
+        return self.values * self.scales.repeat_interleave(self.block, dim=1) * self.tensor_scale
+
+
+def quantize_fp4(W: torch.Tensor, fmt: str) -> BlockFP4:
+    """W (rows, columns) in `fmt` ("mxfp4" or "nvfp4"), rows in blocks of 32 or 16 (see the module notes)."""
+    if fmt not in FP4_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FP4_FORMATS)}")
+    if not isinstance(W, torch.Tensor) or W.dim() != 2:
+        raise ValueError(
+            f"W must be a 2-D tensor (rows, columns), got {getattr(W, 'shape', type(W).__name__)}"
+        )
+    block = FP4_FORMATS[fmt]
+    if W.shape[1] % block:
+        raise ValueError(f"{fmt} stores rows in blocks of {block}: a row of {W.shape[1]} does not divide")
+    x = W.detach().float().cpu()
+    if not torch.isfinite(x).all():
+        raise ValueError("W has NaN or Inf values: only finite weights can be quantized")
+    blocks = x.reshape(x.shape[0], -1, block)  # (rows, blocks, block)
+    amax = blocks.abs().amax(-1)  # (rows, blocks)
+    if fmt == "mxfp4":
+        tensor_scale = 1.0
+        exponent = torch.floor(torch.log2(amax.double())) - 2  # E2M1's largest binade is 2^2
+        scales = torch.exp2(exponent.clamp(-127, 127)).where(amax > 0, 1.0).float()  # E8M0: 2^-127 .. 2^127
+    else:
+        tensor_scale = (x.abs().max() / (E2M1_MAX * E4M3_MAX)).item() or 1.0
+        scales = round_to(amax / E2M1_MAX / tensor_scale, "fp8_e4m3")  # the stored E4M3 block scales
+    scale = scales[..., None] * tensor_scale
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    values = torch.where(scale > 0, round_to(blocks / safe, "fp4_e2m1"), torch.zeros_like(blocks))
+    return BlockFP4(fmt, values.reshape(x.shape), scales, tensor_scale)
+
+
+def bits_per_weight(fmt: str, n_weights: int | None = None) -> float:
+    """Storage per weight: 4 bits of E2M1 plus the 8-bit block scale shared by the block, plus for NVFP4 the
+    32-bit tensor scale shared by `n_weights` (omitted when None: it vanishes for any real tensor)."""
+    if fmt not in FP4_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FP4_FORMATS)}")
+    bits = 4 + 8 / FP4_FORMATS[fmt]
+    return bits + (32 / n_weights if fmt == "nvfp4" and n_weights else 0.0)
