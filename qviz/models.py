@@ -54,6 +54,7 @@ __all__ = [
     "linear_layers",
     "load_model",
     "model_config",
+    "release_tensors",
     "release_types",
     "scale_groups",
 ]
@@ -410,6 +411,26 @@ def _tensor_types(gguf_file: Path) -> dict[str, str]:
         elif parts[0] == "token_embd":
             types["model.embed_tokens"] = tensor.tensor_type.name
     return types
+
+
+def release_tensors(name: str) -> tuple[dict, int]:
+    """For an offline model, its released GGUF file as it is: ({GGUF tensor name: `qviz.gguf.GGUFTensor`, with its
+    raw blocks read into memory}, the file's size in bytes). Gemma's file is assembled from its chunk packages
+    into a temporary folder and deleted afterwards."""
+    import numpy as np
+
+    from .gguf import GGUFTensor, read_gguf
+
+    if name not in OFFLINE_MODELS:
+        raise ValueError(
+            f"release files are known for the offline models only ({_offline_names()}), not {name!r}"
+        )
+    with tempfile.TemporaryDirectory(prefix=f"qviz-{name}-") as tmp:
+        path = _gguf_path(OFFLINE_MODELS[name], Path(tmp))
+        tensors = {
+            k: GGUFTensor(t.name, t.type, t.shape, np.array(t.data)) for k, t in read_gguf(path).items()
+        }
+        return tensors, path.stat().st_size
 
 
 def release_types(name: str) -> dict[str, str]:

@@ -40,6 +40,7 @@ WIDGET_NOTEBOOKS = [  # the notebooks with explorers
         "05_gptq.ipynb",
         "06_awq.ipynb",
         "08_activations.ipynb",
+        "09_formats.ipynb",
     )
 ]
 NOTEBOOKS = (
