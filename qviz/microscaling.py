@@ -1,4 +1,5 @@
-"""Block-scaled 4-bit floats, the weight formats of the newest accelerators: MXFP4 and NVFP4.
+"""Block-scaled 4-bit formats: MXFP4 and NVFP4, the weight formats of the newest accelerators, and NF4 as
+bitsandbytes stores it (the "bnb-4bit" models, QLoRA's format).
 
 Both store each weight as FP4 E2M1 (a sign and the magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6; `qviz.formats`) times
 a scale shared by a small block of consecutive weights of a row. They differ in the block and the scale:
@@ -19,6 +20,11 @@ typical: that helps the coarse scale more.
 
 Rounding to E2M1 is round-to-nearest, ties to even (`qviz.formats.round_to`), as the OCP spec asks
 (llama.cpp's MXFP4 writer sends ties to the smaller magnitude; it changes a few codes in a million).
+
+    NF4 (bitsandbytes)               blocks of 64; w ≈ absmax · NF4[q], the 16 NormalFloat values of the QLoRA
+                                     paper (`qviz.formats.NF4_VALUES`), absmax in float32: 4 + 32/64 = 4.5 bits;
+                                     with "double quantization" the absmaxes are stored in 8 bits (blocks of
+                                     256, one float32 each): 4 + 8/64 + 32/(64·256) ≈ 4.127 bits.
 """
 
 from __future__ import annotations
@@ -27,9 +33,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .formats import FORMATS, round_to
+from .formats import FORMATS, NF4_VALUES, round_to
 
-__all__ = ["FP4_FORMATS", "BlockFP4", "bits_per_weight", "quantize_fp4"]
+__all__ = [
+    "FP4_FORMATS",
+    "BlockFP4",
+    "bits_per_weight",
+    "dequantize_nf4",
+    "pack_nf4",
+    "quantize_fp4",
+    "quantize_nf4",
+]
 
 E2M1_MAX = 6.0
 E4M3_MAX = FORMATS["fp8_e4m3"].max  # 448
@@ -91,3 +105,38 @@ def bits_per_weight(fmt: str, n_weights: int | None = None) -> float:
         raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FP4_FORMATS)}")
     bits = 4 + 8 / FP4_FORMATS[fmt]
     return bits + (32 / n_weights if fmt == "nvfp4" and n_weights else 0.0)
+
+
+def quantize_nf4(W: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """W (rows, columns) as bitsandbytes' NF4 without double quantization: (codes, absmax), codes (rows, columns)
+    uint8 in 0..15, the index of the nearest NF4 value to w / absmax (a tie goes to the smaller value, as
+    bitsandbytes' decision tree), absmax (rows, columns / block) float32. w ≈ NF4_VALUES[code] · absmax."""
+    if not isinstance(W, torch.Tensor) or W.dim() != 2:
+        raise ValueError(
+            f"W must be a 2-D tensor (rows, columns), got {getattr(W, 'shape', type(W).__name__)}"
+        )
+    if W.shape[1] % block:
+        raise ValueError(f"NF4 stores rows in blocks of {block}: a row of {W.shape[1]} does not divide")
+    x = W.detach().float().cpu()
+    if not torch.isfinite(x).all():
+        raise ValueError("W has NaN or Inf values: only finite weights can be quantized")
+    blocks = x.reshape(x.shape[0], -1, block)
+    absmax = blocks.abs().amax(-1)
+    safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    table = torch.tensor(NF4_VALUES, dtype=torch.float32)
+    midpoints = (table[1:] + table[:-1]) / 2
+    codes = torch.searchsorted(midpoints, (blocks / safe[..., None]).contiguous())
+    return codes.reshape(x.shape).to(torch.uint8), absmax
+
+
+def dequantize_nf4(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
+    table = torch.tensor(NF4_VALUES, dtype=torch.float32)
+    block = codes.shape[1] // absmax.shape[1]
+    return table[codes.long()] * absmax.repeat_interleave(block, dim=1)
+
+
+def pack_nf4(codes: torch.Tensor) -> torch.Tensor:
+    """Codes (rows, columns) -> bytes as bitsandbytes stores them: the row-major codes in pairs, the first of each
+    pair in the high nibble."""
+    flat = codes.reshape(-1, 2).to(torch.uint8)
+    return (flat[:, 0] << 4) | flat[:, 1]

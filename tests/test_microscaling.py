@@ -98,3 +98,26 @@ def test_all_zero_blocks_stay_zero():
     for fmt in FP4_FORMATS:
         out = quantize_fp4(W, fmt).dequantize()
         assert torch.equal(out[0], W[0]) and torch.isfinite(out).all()
+
+
+def test_nf4_block_and_bytes_as_bitsandbytes_writes_them():
+    """Golden bytes from bitsandbytes 0.50.2 (quantize_4bit, nf4, blocksize 64, no double quantization) for
+    [0.5, -1.0, 0.1, 0.0, 0, ...]: absmax 1; codes 12, 0, 8, 7 (0.5 is nearer 0.4407 than 0.5626); bytes 192, 135
+    (the first code of each pair in the high nibble). bench/peer_nf4_bitsandbytes.py checks random weights."""
+    from qviz.formats import NF4_VALUES
+    from qviz.microscaling import dequantize_nf4, pack_nf4, quantize_nf4
+
+    w = torch.zeros(1, 64)
+    w[0, :4] = torch.tensor([0.5, -1.0, 0.1, 0.0])
+    codes, absmax = quantize_nf4(w)
+    assert absmax.tolist() == [[1.0]] and codes[0, :4].tolist() == [12, 0, 8, 7]
+    assert pack_nf4(codes)[:2].tolist() == [192, 135]
+    assert dequantize_nf4(codes, absmax)[0, 0].item() == pytest.approx(NF4_VALUES[12])
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(8, 128, generator=g)
+    codes, absmax = quantize_nf4(W)
+    table = torch.tensor(NF4_VALUES)
+    nearest = (W.reshape(8, 2, 64) / absmax[..., None])[..., None].sub(table).abs().argmin(-1).reshape(8, 128)
+    assert torch.equal(codes.long(), nearest)
+    with pytest.raises(ValueError, match="blocks of 64"):
+        quantize_nf4(torch.zeros(2, 100))
