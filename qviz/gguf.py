@@ -64,8 +64,9 @@ class GGUFTensor:
         return 8 * self.data.size / int(np.prod(self.shape))
 
 
-def read_gguf(path: str | Path) -> dict[str, GGUFTensor]:
-    """The tensors of a GGUF file, by GGUF name ("blk.0.attn_q.weight"), with their raw blocks (memory-mapped)."""
+def read_gguf(path: str | Path, *, offsets: dict | None = None) -> dict[str, GGUFTensor]:
+    """The tensors of a GGUF file, by GGUF name ("blk.0.attn_q.weight"), with their raw blocks (memory-mapped).
+    offsets: a dict to fill with each tensor's byte offset in the file (where its blocks start)."""
     from gguf import GGUFReader
 
     path = Path(path)
@@ -87,6 +88,8 @@ def read_gguf(path: str | Path) -> dict[str, GGUFTensor]:
                 f"{path}: tensor {t.name} holds {t.data.nbytes} bytes, its shape needs {t.n_bytes}"
             )
         tensors[t.name] = GGUFTensor(t.name, kind, shape, np.asarray(t.data).view(np.uint8).reshape(-1, size))
+        if offsets is not None:
+            offsets[t.name] = int(t.data_offset)
     return tensors
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import importlib.metadata as md
 import json
+import math
 import os
 import socket
 import tempfile
@@ -416,21 +417,42 @@ def _tensor_types(gguf_file: Path) -> dict[str, str]:
 def release_tensors(name: str) -> tuple[dict, int]:
     """For an offline model, its released GGUF file as it is: ({GGUF tensor name: `qviz.gguf.GGUFTensor`, with its
     raw blocks read into memory}, the file's size in bytes). Gemma's file is assembled from its chunk packages
-    into a temporary folder and deleted afterwards."""
+    into a temporary folder and deleted afterwards. The first call reads the file with the gguf package (about 20 s
+    for Gemma: its header holds a 262,144-word vocabulary) and keeps the tensors' index (name, type, shape, byte
+    offset) in the model's cache folder; later calls read the blocks at those offsets."""
     import numpy as np
 
-    from .gguf import GGUFTensor, read_gguf
+    from .gguf import BLOCKS, GGUFTensor, read_gguf
 
     if name not in OFFLINE_MODELS:
         raise ValueError(
             f"release files are known for the offline models only ({_offline_names()}), not {name!r}"
         )
+    _resolve(name)  # converts on first use: the cache folder exists
+    index_path = cached_model_dir(name) / "release_index.json"
     with tempfile.TemporaryDirectory(prefix=f"qviz-{name}-") as tmp:
         path = _gguf_path(OFFLINE_MODELS[name], Path(tmp))
-        tensors = {
-            k: GGUFTensor(t.name, t.type, t.shape, np.array(t.data)) for k, t in read_gguf(path).items()
-        }
-        return tensors, path.stat().st_size
+        size = path.stat().st_size
+        index = json.loads(index_path.read_text()) if index_path.exists() else None
+        if index is None or index.get("size") != size:
+            offsets = {}
+            tensors = read_gguf(path, offsets=offsets)
+            index = {
+                "size": size,
+                "tensors": [[k, t.type, list(t.shape), offsets[k]] for k, t in tensors.items()],
+            }
+            tmp_index = index_path.with_suffix(".json.tmp")
+            tmp_index.write_text(json.dumps(index))
+            os.replace(tmp_index, index_path)
+        raw = np.memmap(path, dtype=np.uint8, mode="r")
+        tensors = {}
+        for key, kind, shape, offset in index["tensors"]:
+            per_block, block_bytes = BLOCKS[kind]
+            n_bytes = math.prod(shape) // per_block * block_bytes
+            data = np.array(raw[offset : offset + n_bytes]).reshape(-1, block_bytes)
+            tensors[key] = GGUFTensor(key, kind, tuple(shape), data)
+        del raw
+        return tensors, size
 
 
 def release_types(name: str) -> dict[str, str]:

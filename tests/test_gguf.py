@@ -113,3 +113,20 @@ def test_a_written_file_reads_back_and_bad_files_are_refused(tmp_path):
         read_gguf(iq)
     with pytest.raises(ValueError, match="is not a file"):
         read_gguf(tmp_path / "missing.gguf")
+
+
+@pytest.mark.slow
+def test_release_tensors_reads_the_same_blocks_from_its_index(release_files):
+    """models.release_tensors parses the file once, then reads blocks at the offsets it kept: both ways give the
+    tensors read_gguf gives."""
+    from qviz.models import cached_model_dir, release_tensors
+
+    ours = read_gguf(release_files["smollm2-135m"])
+    (cached_model_dir("smollm2-135m") / "release_index.json").unlink(missing_ok=True)
+    for _ in range(2):  # the first call writes the index, the second reads it
+        tensors, size = release_tensors("smollm2-135m")
+        assert size == release_files["smollm2-135m"].stat().st_size and tensors.keys() == ours.keys()
+        for k, t in ours.items():
+            assert (tensors[k].type, tensors[k].shape) == (t.type, t.shape) and np.array_equal(
+                tensors[k].data, t.data
+            )
