@@ -37,6 +37,7 @@ from torch import nn
 
 from .data import with_bos
 from .gguf import BLOCKS, QK_K, GGUFTensor
+from .quant import block_rows
 
 __all__ = [
     "KINDS",
@@ -58,19 +59,9 @@ def quantize(W: torch.Tensor, kind: str, imatrix: torch.Tensor | None = None) ->
     `qviz.gguf.dequantize` (and the gguf package's dequantizer) turn the result back into floats."""
     if kind not in KINDS:
         raise ValueError(f"unknown GGUF type {kind!r}: qviz writes {', '.join(KINDS)}")
-    if not isinstance(W, torch.Tensor) or W.dim() != 2:
-        raise ValueError(
-            f"W must be a 2-D tensor (rows, columns), got {getattr(W, 'shape', type(W).__name__)}"
-        )
     per_block = BLOCKS[kind][0]
-    if W.shape[1] % per_block:
-        raise ValueError(
-            f"{kind} stores rows in blocks of {per_block} weights: a row of {W.shape[1]} does not divide "
-            f"(llama.cpp falls back to another type for such tensors)"
-        )
-    x = W.detach().to("cpu", torch.float32)
-    if not torch.isfinite(x).all():
-        raise ValueError("W has NaN or Inf values: only finite weights can be quantized")
+    note = " (llama.cpp falls back to another type for such tensors)"
+    x = block_rows(W, per_block, kind, note)
     qw = None
     if imatrix is not None and kind != "Q8_0":
         qw = torch.as_tensor(imatrix).detach().to("cpu", torch.float32).flatten()

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from .formats import FORMATS, NF4_VALUES, round_to
+from .quant import block_rows
 
 __all__ = [
     "FP4_FORMATS",
@@ -73,16 +74,8 @@ def quantize_fp4(W: torch.Tensor, fmt: str) -> BlockFP4:
     """W (rows, columns) in `fmt` ("mxfp4" or "nvfp4"), rows in blocks of 32 or 16 (see the module notes)."""
     if fmt not in FP4_FORMATS:
         raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FP4_FORMATS)}")
-    if not isinstance(W, torch.Tensor) or W.dim() != 2:
-        raise ValueError(
-            f"W must be a 2-D tensor (rows, columns), got {getattr(W, 'shape', type(W).__name__)}"
-        )
     block = FP4_FORMATS[fmt]
-    if W.shape[1] % block:
-        raise ValueError(f"{fmt} stores rows in blocks of {block}: a row of {W.shape[1]} does not divide")
-    x = W.detach().float().cpu()
-    if not torch.isfinite(x).all():
-        raise ValueError("W has NaN or Inf values: only finite weights can be quantized")
+    x = block_rows(W, block, fmt)
     blocks = x.reshape(x.shape[0], -1, block)  # (rows, blocks, block)
     amax = blocks.abs().amax(-1)  # (rows, blocks)
     if fmt == "mxfp4":
@@ -111,15 +104,7 @@ def quantize_nf4(W: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.
     """W (rows, columns) as bitsandbytes' NF4 without double quantization: (codes, absmax), codes (rows, columns)
     uint8 in 0..15, the index of the nearest NF4 value to w / absmax (a tie goes to the smaller value, as
     bitsandbytes' decision tree), absmax (rows, columns / block) float32. w ≈ NF4_VALUES[code] · absmax."""
-    if not isinstance(W, torch.Tensor) or W.dim() != 2:
-        raise ValueError(
-            f"W must be a 2-D tensor (rows, columns), got {getattr(W, 'shape', type(W).__name__)}"
-        )
-    if W.shape[1] % block:
-        raise ValueError(f"NF4 stores rows in blocks of {block}: a row of {W.shape[1]} does not divide")
-    x = W.detach().float().cpu()
-    if not torch.isfinite(x).all():
-        raise ValueError("W has NaN or Inf values: only finite weights can be quantized")
+    x = block_rows(W, block, "NF4")
     blocks = x.reshape(x.shape[0], -1, block)
     absmax = blocks.abs().amax(-1)
     safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
@@ -130,6 +115,7 @@ def quantize_nf4(W: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.
 
 
 def dequantize_nf4(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
+    """NF4_VALUES[code] · absmax of its block: the float32 weights `quantize_nf4`'s output stands for."""
     table = torch.tensor(NF4_VALUES, dtype=torch.float32)
     block = codes.shape[1] // absmax.shape[1]
     return table[codes.long()] * absmax.repeat_interleave(block, dim=1)

@@ -176,6 +176,24 @@ def check_tensor(w: torch.Tensor, spec: QuantSpec | None = None, *, finite: bool
         )
 
 
+def block_rows(W, block: int, fmt: str, note: str = "") -> torch.Tensor:
+    """W (rows, columns) as float32 on the CPU, checked for a block format that stores each row in blocks of
+    `block` weights (GGUF's, MXFP4, NVFP4, NF4): 2-D, a row length `block` divides (`note` is added to that
+    message), finite values. Raises ValueError saying what is allowed."""
+    if not isinstance(W, torch.Tensor) or W.dim() != 2:
+        raise ValueError(
+            f"W must be a 2-D tensor (rows, columns), got {getattr(W, 'shape', type(W).__name__)}"
+        )
+    if W.shape[1] % block:
+        raise ValueError(
+            f"{fmt} stores rows in blocks of {block}: a row of {W.shape[1]} does not divide{note}"
+        )
+    x = W.detach().to("cpu", torch.float32)
+    if not torch.isfinite(x).all():
+        raise ValueError("W has NaN or Inf values: only finite weights can be quantized")
+    return x
+
+
 def check_quantized(qt: QuantizedTensor, name: str | None = None) -> None:
     """Raise ValueError unless qt is what `quantize` makes: integer codes and zero points inside the code range
     (zero points 0 on symmetric grids), positive finite scales, and qparams of the shape its codes, spec and
