@@ -1,6 +1,6 @@
 """Save a quantized model as a Hugging Face checkpoint other tools load, atomically; load it back bit-exactly.
 
-Two formats, both a folder with config.json (+ the tokenizer when given) and model.safetensors:
+Two Hugging Face formats, both a folder with config.json (+ the tokenizer when given) and model.safetensors:
 
 - "compressed-tensors" (what llm-compressor writes and vLLM / transformers read): every quantized Linear
   `name` stores name.weight_packed, name.weight_scale, name.weight_shape (+ name.weight_zero_point when
@@ -12,6 +12,12 @@ Two formats, both a folder with config.json (+ the tokenizer when given) and mod
 - "gptq" (GPTQ v1, what AutoGPTQ / GPTQModel / transformers' GPTQ integration read): name.qweight,
   name.qzeros, name.scales (fp16), name.g_idx, and quant_method "gptq" with bits, group_size, desc_act, sym
   in config.json (also written to quantize_config.json for older loaders).
+
+And one file for llama.cpp (and Ollama, LM Studio):
+
+- "gguf": an offline model's GGUF file, its metadata (architecture, tokenizer) copied from the released file,
+  with the GGUF tensors given (e.g. `qviz.kquants.quantize_tensors`' Q4_K blocks, byte for byte what llama.cpp's
+  own quantizer writes) and every other tensor in float32, from qviz's float reference. `qviz.llamacpp` runs it.
 
 The quantized weights are exactly the codes, scales and zero points a method chose (a `qviz.result.QuantResult`
 from `qviz.rtn`, `qviz.gptq` or `qviz.awq`), never re-derived; everything that is not a quantized Linear
@@ -51,7 +57,7 @@ __all__ = [
     "quantization_config",
 ]
 
-FORMATS = ("compressed-tensors", "gptq")
+FORMATS = ("compressed-tensors", "gptq", "gguf")
 SAFETENSORS = "model.safetensors"
 _save_file = save_file  # called through this name so that a test can make it fail midway
 _QUANT_BUFFERS = ("qweight", "scales", "zero_point", "g_idx")  # a QuantLinear's own state (its bias is kept)
@@ -162,7 +168,8 @@ def save_quantized(
     scale_dtype: torch.dtype | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a quantized model as a checkpoint folder at `path`: for every linear in `result`, exactly the
+    """Write a quantized model as a checkpoint folder at `path` (format="gguf": one file, see `_save_gguf`): for
+    every linear in `result`, exactly the
     codes, scales and zero points the method chose; every other tensor from `model` (the float model, the
     fake-quantized one or the packed one: same architecture), with the tensors the method changed (AWQ's
     folded norms) taken from `result`.
@@ -173,6 +180,8 @@ def save_quantized(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if format == "gguf":
+        return _save_gguf(model, result, Path(path), overwrite)
     if not isinstance(result, QuantResult) or not result.linears:
         raise ValueError(
             "result must be a qviz.result.QuantResult with quantized linears (from quantize_model)"
@@ -217,6 +226,41 @@ def save_quantized(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(path)
+
+
+def _save_gguf(model: str, tensors: dict, path: Path, overwrite: bool) -> Path:
+    """format="gguf": `model` is an offline model's name (qviz.models.OFFLINE_MODELS), `tensors` a dict of GGUF
+    name -> `qviz.gguf.GGUFTensor` (any GGML type) to store as given; every other tensor of the released file is
+    stored as float32, dequantized (qviz's float reference). Names and order are the release's; its metadata is
+    copied. Written atomically (`qviz.gguf.write_gguf`)."""
+    import tempfile
+
+    from .gguf import GGUFTensor, dequantize, write_gguf
+    from .models import OFFLINE_MODELS, _gguf_path, release_tensors
+
+    if not isinstance(model, str) or model not in OFFLINE_MODELS:
+        raise ValueError(
+            f"format='gguf' writes an offline model's file: pass its name ({', '.join(OFFLINE_MODELS)}) as model, "
+            f"got {model!r}"
+        )
+    if not isinstance(tensors, dict) or not all(isinstance(t, GGUFTensor) for t in tensors.values()):
+        raise ValueError("for format='gguf', result must be a dict of GGUF name -> qviz.gguf.GGUFTensor")
+    release, _ = release_tensors(model)
+    unknown = [k for k in tensors if k not in release]
+    if unknown:
+        raise ValueError(f"{model}'s file has no tensor {unknown[0]!r} (names like {next(iter(release))!r})")
+    for k, t in tensors.items():
+        if tuple(t.shape) != tuple(release[k].shape):
+            raise ValueError(f"tensor {k} has shape {tuple(t.shape)}, the model's has {release[k].shape}")
+
+    def stored(key, t):
+        if key in tensors:
+            return GGUFTensor(key, tensors[key].type, t.shape, tensors[key].data)
+        return GGUFTensor(key, "F32", t.shape, dequantize(t).numpy().view("uint8").reshape(-1, 4))
+
+    with tempfile.TemporaryDirectory(prefix=f"qviz-{model}-") as tmp:
+        template = _gguf_path(OFFLINE_MODELS[model], Path(tmp))
+        return write_gguf(path, (stored(k, t) for k, t in release.items()), template, overwrite=overwrite)
 
 
 def load_quantized(path: str | os.PathLike) -> QuantizedCheckpoint:

@@ -18,17 +18,45 @@ llama.cpp's `dequantize_row_*` in float32, so its output equals the `gguf` packa
 
 Symbols -> variables: d, dmin the block's float16 scales; sc, m the sub-block scales and mins (`k4_scales_mins`
 unpacks Q4_K/Q5_K's 12 packed bytes); q the codes.
+
+Writing (`write_gguf`): the file around the blocks is simple too (GGUF version 3, little-endian):
+
+    "GGUF", version (u32), tensor count (u64), metadata count (u64)
+    metadata: key (string), value type (u32), value         -- architecture, tokenizer, hyperparameters
+    tensor infos: name (string), n_dims (u32), dims (u64 each, the row length first), type (u32), offset (u64)
+    padding to the alignment (32), then every tensor's blocks, each starting at a multiple of the alignment
+
+where a string is its length (u64) and its UTF-8 bytes. `write_gguf` copies a template file's metadata entry by
+entry (the tokenizer and hyperparameters of the released model), optionally changing a few, and writes the tensors
+it is given: that is how a model quantized by qviz becomes a file llama.cpp runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import os
+import struct
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["BLOCKS", "GGUFTensor", "dequantize", "k4_scales_mins", "read_gguf"]
+__all__ = [
+    "BLOCKS",
+    "GGUFTensor",
+    "atomic_file",
+    "check_complete",
+    "dequantize",
+    "k4_scales_mins",
+    "metadata",
+    "metadata_value",
+    "read_gguf",
+    "write_gguf",
+]
 
 QK_K = 256  # weights per k-quant super-block
 
@@ -64,10 +92,14 @@ class GGUFTensor:
         return 8 * self.data.size / int(np.prod(self.shape))
 
 
-def read_gguf(path: str | Path, *, offsets: dict | None = None) -> dict[str, GGUFTensor]:
+def read_gguf(
+    path: str | Path, *, offsets: dict | None = None, any_type: bool = False
+) -> dict[str, GGUFTensor]:
     """The tensors of a GGUF file, by GGUF name ("blk.0.attn_q.weight"), with their raw blocks (memory-mapped).
-    offsets: a dict to fill with each tensor's byte offset in the file (where its blocks start)."""
-    from gguf import GGUFReader
+    offsets: a dict to fill with each tensor's byte offset in the file (where its blocks start). any_type: keep
+    tensors of types qviz does not decode (llama.cpp's IQ4_NL, Q5_1, ...) as blocks too, e.g. to copy them into
+    another file; by default such a tensor is an error."""
+    from gguf import GGML_QUANT_SIZES, GGUFReader
 
     path = Path(path)
     if not path.is_file():
@@ -79,9 +111,9 @@ def read_gguf(path: str | Path, *, offsets: dict | None = None) -> dict[str, GGU
     tensors = {}
     for t in reader.tensors:
         kind = t.tensor_type.name
-        if kind not in BLOCKS:
+        if kind not in BLOCKS and not any_type:
             raise ValueError(f"{path}: tensor {t.name} has type {kind}; qviz decodes {', '.join(BLOCKS)}")
-        per_block, size = BLOCKS[kind]
+        per_block, size = BLOCKS.get(kind) or GGML_QUANT_SIZES[t.tensor_type]
         shape = tuple(int(n) for n in reversed(t.shape))  # GGUF: (columns, rows, ...)
         if t.n_bytes != int(np.prod(shape)) // per_block * size or t.data.nbytes != t.n_bytes:
             raise ValueError(
@@ -219,3 +251,201 @@ _DECODERS = {
     "Q5_K": _q5_k,
     "Q6_K": _q6_k,
 }
+
+
+# --- the file around the blocks: metadata and writing ---------------------------------------------------------------
+
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_STRING, _ARRAY, _U32 = 8, 9, 4  # GGUF metadata value types (gguf's GGUFValueType)
+
+
+def _value_end(raw, pos: int, vtype: int) -> int:
+    """Where the metadata value of type `vtype` that starts at `pos` ends."""
+    if vtype in _SCALARS:
+        return pos + struct.calcsize(_SCALARS[vtype])
+    if vtype == _STRING:
+        return pos + 8 + struct.unpack_from("<Q", raw, pos)[0]
+    if vtype == _ARRAY:
+        etype, count = struct.unpack_from("<IQ", raw, pos)
+        pos += 12
+        if etype in _SCALARS:
+            return pos + count * struct.calcsize(_SCALARS[etype])
+        for _ in range(count):  # strings (a vocabulary) or nested arrays: one by one
+            pos = _value_end(raw, pos, etype)
+        return pos
+    raise ValueError(f"unknown GGUF metadata value type {vtype}")
+
+
+def _string(raw, pos: int) -> tuple[str, int]:
+    (n,) = struct.unpack_from("<Q", raw, pos)
+    return bytes(raw[pos + 8 : pos + 8 + n]).decode("utf-8"), pos + 8 + n
+
+
+def metadata(path: str | Path) -> dict[str, tuple[int, bytes]]:
+    """A GGUF file's metadata as stored: {key: (value type, the value's bytes)}, in file order. Scalars and
+    strings can be read with `metadata_value`; arrays (the vocabulary) are kept as bytes, to be copied."""
+    return _header(path)[0]
+
+
+def check_complete(path: str | Path) -> None:
+    """Raise ValueError unless the GGUF file at `path` holds its whole header and every tensor's blocks (a file
+    cut short by a failed download or copy), without reading the blocks."""
+    _header(path)
+
+
+def _header(path: str | Path) -> tuple[dict[str, tuple[int, bytes]], list[tuple[str, int, tuple, int]]]:
+    """(metadata, tensor infos as (name, GGML type id, GGUF dims, offset in the data section)), checked against
+    the file's size."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as raw:
+        try:
+            if raw[:4] != b"GGUF":
+                raise ValueError("no GGUF magic number")
+            version, n_tensors, n_kv = struct.unpack_from("<IQQ", raw, 4)
+            if version != 3:
+                raise ValueError(f"GGUF version {version}; qviz reads version 3")
+            entries, infos, pos = {}, [], 24
+            for _ in range(n_kv):
+                key, pos = _string(raw, pos)
+                (vtype,) = struct.unpack_from("<I", raw, pos)
+                end = _value_end(raw, pos + 4, vtype)
+                if end > len(raw):
+                    raise ValueError("the metadata runs past the end of the file")
+                entries[key] = (vtype, bytes(raw[pos + 4 : end]))
+                pos = end
+            for _ in range(n_tensors):
+                name, pos = _string(raw, pos)
+                (n_dims,) = struct.unpack_from("<I", raw, pos)
+                dims = struct.unpack_from(f"<{n_dims}Q", raw, pos + 4)
+                kind, offset = struct.unpack_from("<IQ", raw, pos + 4 + 8 * n_dims)
+                infos.append((name, kind, dims, offset))
+                pos += 4 + 8 * n_dims + 12
+            align = metadata_value(entries["general.alignment"]) if "general.alignment" in entries else 32
+            data_start = pos + (-pos % align)
+            for name, kind, dims, offset in infos:
+                per_block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+                end = data_start + offset + int(np.prod(dims)) // per_block * size
+                if end > len(raw):
+                    raise ValueError(
+                        f"the file ends at byte {len(raw):,}; tensor {name} needs {end:,} (cut short?)"
+                    )
+        except (struct.error, UnicodeDecodeError, ValueError, KeyError) as err:
+            raise ValueError(f"{path} is not a readable GGUF file ({err})") from None
+    return entries, infos
+
+
+def metadata_value(entry: tuple[int, bytes]):
+    """The Python value of a scalar or string metadata entry (from `metadata`)."""
+    vtype, raw = entry
+    if vtype == _STRING:
+        return _string(raw, 0)[0]
+    if vtype in _SCALARS:
+        return struct.unpack(_SCALARS[vtype], raw)[0]
+    raise ValueError(f"metadata_value reads scalars and strings, not value type {vtype} (an array)")
+
+
+def _encode_string(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return struct.pack("<Q", len(data)) + data
+
+
+def _encode_entry(value) -> tuple[int, bytes]:
+    """A new metadata value: a str becomes a string, an int a u32 (what general.file_type and most counts are)."""
+    if isinstance(value, str):
+        return _STRING, _encode_string(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32:
+        return _U32, struct.pack("<I", value)
+    raise ValueError(f"new metadata values must be a str or an int in [0, 2**32), got {value!r}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, overwrite: bool = False):
+    """Yield a temporary path beside `path` to write a file to; on success it is flushed to disk and renamed to
+    `path`, on an error removed: a reader never sees half a file. Refuses an existing `path` without overwrite."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists: pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_gguf(
+    path: str | Path,
+    tensors: Iterable[GGUFTensor],
+    template: str | Path,
+    *,
+    changes: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `tensors` (in the order given) as a GGUF file at `path`, with the metadata of the GGUF file
+    `template` (copied entry by entry) and `changes` applied to it ({key: str or int}: replaced in place, or added
+    at the end). Atomic: written to a temporary file beside `path`, flushed to disk, then renamed; an error leaves
+    no file behind. Returns the path.
+
+    Each tensor's blocks must fill its shape; its type may be any GGML type (blocks qviz cannot decode, such as
+    llama.cpp's IQ4_NL, are copied as they are); names must be unique. Written with the same layout rules
+    as the `gguf` package's writer, so re-writing a file's own tensors with its own metadata gives the file back
+    byte for byte (tested on both offline models' releases).
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    sizes = {kind.name: size for kind, size in GGML_QUANT_SIZES.items()}  # every GGML type, e.g. IQ4_NL
+    path, tensors = Path(path), list(tensors)
+    entries = dict(metadata(template))
+    for key, value in (changes or {}).items():
+        entries[key] = _encode_entry(value)
+    align = metadata_value(entries["general.alignment"]) if "general.alignment" in entries else 32
+    infos, offset, names = [], 0, set()
+    for t in tensors:
+        if t.name in names:
+            raise ValueError(f"tensor {t.name} is given twice")
+        names.add(t.name)
+        if t.type not in sizes:
+            raise ValueError(f"tensor {t.name} has type {t.type!r}, which is not a GGML type")
+        per_block, size = sizes[t.type]
+        n = int(np.prod(t.shape))
+        if t.shape[-1] % per_block or t.data.nbytes != n // per_block * size:
+            raise ValueError(
+                f"tensor {t.name}: {t.data.nbytes} bytes of {t.type} do not fill shape {t.shape} "
+                f"(rows must be a multiple of {per_block} weights, {size} bytes per block)"
+            )
+        dims = [int(d) for d in reversed(t.shape)]  # GGUF lists the row length first
+        infos.append(
+            _encode_string(t.name)
+            + struct.pack(f"<I{len(dims)}Q", len(dims), *dims)
+            + struct.pack("<IQ", GGMLQuantizationType[t.type].value, offset)
+        )
+        offset += -(-t.data.nbytes // align) * align
+
+    header = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(entries))
+    header += b"".join(_encode_string(k) + struct.pack("<I", vt) + raw for k, (vt, raw) in entries.items())
+    header += b"".join(infos)
+    with atomic_file(path, overwrite) as tmp, open(tmp, "wb") as f:
+        f.write(header + bytes(-len(header) % align))
+        for t in tensors:
+            f.write(np.ascontiguousarray(t.data).tobytes())
+            f.write(bytes(-t.data.nbytes % align))
+    return path

@@ -47,6 +47,7 @@ __all__ = [
     "fit_scale_sym",
     "importance_matrix",
     "quantize",
+    "quantize_tensors",
 ]
 
 KINDS = ("Q8_0", "Q4_K", "Q3_K")  # the types `quantize` writes
@@ -72,6 +73,23 @@ def quantize(W: torch.Tensor, kind: str, imatrix: torch.Tensor | None = None) ->
         qw = qw.repeat(W.shape[0]).reshape(-1, QK_K)  # one per weight, super-block by super-block
     blocks = {"Q8_0": _q8_0, "Q4_K": _q4_k, "Q3_K": _q3_k}[kind](x.reshape(-1, per_block), qw)
     return GGUFTensor(f"{kind} of {tuple(W.shape)}", kind, tuple(W.shape), blocks.numpy())
+
+
+def quantize_tensors(
+    floats: dict[str, torch.Tensor], types: dict[str, str], imatrix: dict[str, torch.Tensor] | None = None
+) -> dict[str, GGUFTensor]:
+    """A whole file's worth of `quantize`: every tensor named in `types` (GGUF name -> "Q8_0", "Q4_K" or "Q3_K"),
+    taken from `floats` (GGUF name -> float weight) and quantized with its entry of `imatrix` (GGUF names too, see
+    `qviz.models.gguf_name`) when there is one. Returns GGUF name -> GGUFTensor, in the order of `types`."""
+    missing = [name for name in types if name not in floats]
+    if missing:
+        raise ValueError(f"no float weight for {missing[:3]} ({len(missing)} in all)")
+    imatrix = imatrix or {}
+    out = {}
+    for name, kind in types.items():
+        t = quantize(floats[name], kind, imatrix.get(name))
+        out[name] = GGUFTensor(name, t.type, t.shape, t.data)
+    return out
 
 
 @torch.no_grad()

@@ -50,6 +50,7 @@ __all__ = [
     "clear_memory_cache",
     "decoder_layers",
     "family_of",
+    "gguf_name",
     "hub_reachable",
     "is_installed",
     "linear_layers",
@@ -397,6 +398,19 @@ _GGUF_LINEARS = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+
+_HF_LINEARS = {hf: part for part, hf in _GGUF_LINEARS.items()}
+
+
+def gguf_name(module: str) -> str:
+    """The GGUF tensor name of a decoder linear's weight, e.g. "model.layers.3.mlp.down_proj" ->
+    "blk.3.ffn_down.weight" (llama.cpp's names, as in both offline models' files)."""
+    parts = module.split(".")
+    if len(parts) != 5 or parts[:2] != ["model", "layers"] or ".".join(parts[3:]) not in _HF_LINEARS:
+        raise ValueError(
+            f"{module!r} is not a decoder linear named like model.layers.<i>.<{'|'.join(_HF_LINEARS)}>"
+        )
+    return f"blk.{parts[2]}.{_HF_LINEARS['.'.join(parts[3:])]}.weight"
 
 
 def _tensor_types(gguf_file: Path) -> dict[str, str]:

