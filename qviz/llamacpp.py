@@ -127,6 +127,13 @@ def nll(llm, ids: torch.Tensor) -> tuple[list[float], torch.Tensor]:
 
 def generate(llm, prompt_ids: list[int], new_tokens: int = 32) -> tuple[list[int], float]:
     """Greedy decoding in llama.cpp: (the new token ids, tokens per second after the prompt is read)."""
+    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 2:
+        raise ValueError(f"new_tokens must be an integer >= 2 (one to time), got {new_tokens!r}")
+    if not prompt_ids or len(prompt_ids) + new_tokens > llm.n_ctx():
+        raise ValueError(
+            f"need a prompt of 1 to {llm.n_ctx() - new_tokens} tokens for {new_tokens} new ones in a context of "
+            f"{llm.n_ctx()}, got {len(prompt_ids)}"
+        )
     llm.reset()
     llm.eval(list(prompt_ids))
     out = [int(llm.scores[len(prompt_ids) - 1].argmax())]
@@ -194,7 +201,8 @@ def compare(
     Returns JSON data: per file its perplexity from llama.cpp's logits on eval_n × eval_seqlen held-out tokens (BOS
     first), the paired per-token NLL difference to theirs with its standard error, bits per weight and size on disk;
     the share of our blocks equal to theirs by type; tokens per second of llama.cpp (ours + imatrix) and of
-    PyTorch float32 (the same greedy loop with the KV cache) decoding `new_tokens` after `prompt`, and the texts;
+    PyTorch float32 (transformers' greedy generate with its KV cache) decoding `new_tokens` after `prompt`, and the
+    texts;
     "from_cache": whether it was read from the cache (~/.cache/qviz/results).
     """
     from .cache import cached, result_path

@@ -127,6 +127,12 @@ def test_bad_input_gets_a_clear_error(files, tmp_path):
     llm = llamacpp.load(files["theirs"], n_ctx=32, threads=2)
     with pytest.raises(ValueError, match="do not fit the context of 32"):
         llamacpp.nll(llm, torch.ones(1, 40, dtype=torch.long))
+    with pytest.raises(ValueError, match="new_tokens must be an integer >= 2"):
+        llamacpp.generate(llm, [1, 2], 1)
+    with pytest.raises(ValueError, match="need a prompt of 1 to 22 tokens"):
+        llamacpp.generate(llm, list(range(1, 30)), 10)
+    ids, speed = llamacpp.generate(llm, [1, 2, 3], 5)
+    assert len(ids) == 5 and speed > 0
     with pytest.raises(ValueError, match="pass its name"):
         save_quantized("no-such-model", {}, tmp_path / "y.gguf", format="gguf")
     wrong = {"blk.0.ffn_down.weight": GGUFTensor("x", "F32", (2, 2), np.zeros((4, 4), np.uint8))}
