@@ -222,6 +222,25 @@ def compare(
     }
 
 
+def comparison_table(run: dict, file_type: str = "Q3_K_S") -> str:
+    """`compare`'s result as text: where it came from, which tensors qviz wrote, how many of its blocks equal
+    llama.cpp's, and each file's bits per weight, size, perplexity and paired difference to llama.cpp's file."""
+    lines = [
+        ("read from the cache (~/.cache/qviz/results; delete it to recompute)" if run["from_cache"] else "computed now")
+        + f"; llama.cpp on {run['threads']} CPU threads",
+        f"tensors qviz writes in llama.cpp's {file_type} file: " + ", ".join(f"{n} {k}" for k, n in run["types"].items()),
+        "our blocks equal to llama.cpp's: " + ", ".join(f"{k} {share:.4%}" for k, share in run["same_blocks"].items()),
+        "",
+        f"{'file':16s} {'bits/weight':>11s} {'MB':>6s} {'perplexity':>10s}  {'Δ NLL vs theirs ± 2 s.e.':>29s}",
+    ]  # fmt: skip
+    for label, f in run["files"].items():
+        delta = "" if label == "theirs" else f"{f['dnll']:+.4f} ± {2 * f['dnll_se']:.4f} nats/token"
+        lines.append(
+            f"{label:16s} {f['bits_per_weight']:11.2f} {f['size_mb']:6.0f} {f['ppl']:10.2f}  {delta:>29s}"
+        )
+    return "\n".join(lines)
+
+
 def _compare(
     model, file_type, eval_n, eval_seqlen, calib_n, calib_seqlen, prompt, new_tokens, threads, llama_cpp
 ):
