@@ -59,6 +59,11 @@ def doctor_checks() -> list[tuple[bool, str]]:
     for dist in ("torch", "transformers", "gguf", "accelerate", "safetensors", "plotly"):
         v = _version(dist)
         lines.append(_line(v is not None, dist, v or "not installed", f"pip install {dist}"))
+    v = _version("llama-cpp-python")  # optional: informational either way
+    llama = (
+        f"{v} (runs qviz's GGUF files)" if v else "not installed (optional, for notebook 09's last section: "
+    )
+    lines.append(_line(True, "llama-cpp-python", llama if v else llama + "pip install -e '.[llama]')"))
     if importlib.util.find_spec("torch") is not None:
         import torch
 
