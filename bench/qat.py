@@ -70,6 +70,7 @@ def main():
                 calib,
                 steps=args.steps,
                 lr=args.lr,
+                batch_size=args.batch_size,
                 learn_scales=args.learn_scales,
                 teacher=reference,
             )
