@@ -43,12 +43,16 @@ __all__ = [
     "Evaluation",
     "ReferenceLogits",
     "SizeReport",
+    "TokenView",
     "evaluate",
+    "flips",
     "generate",
+    "kl_tail",
     "model_size",
     "nll",
     "paired_difference",
     "perplexity",
+    "token_view",
 ]
 
 
@@ -337,6 +341,73 @@ def paired_difference(a: list[float], b: list[float], block: int = 64) -> tuple[
     d = a - b
     means = d[: len(d) // block * block].reshape(-1, block).mean(1)
     return d.mean().item(), (means.std() / math.sqrt(len(means))).item()
+
+
+def kl_tail(token_kl: list[float], quantiles=(0.5, 0.9, 0.99, 0.999)) -> dict[str, float]:
+    """Quantiles of the per-token KL (`Evaluation.token_kl`, or a `measure` result's "token_kl"), e.g.
+    {"p50": ..., "p90": ..., "p99": ..., "p99.9": ...}: linear interpolation between order statistics, as
+    numpy.quantile's default. Two models with one mean KL can differ here: a few tokens badly wrong (a long
+    tail) or all tokens a little wrong."""
+    kl = torch.as_tensor(token_kl, dtype=torch.float64)
+    if kl.dim() != 1 or len(kl) == 0 or not all(0 < q < 1 for q in quantiles):
+        raise ValueError(f"need a non-empty list of per-token KL and quantiles in (0, 1), got {quantiles}")
+    return {f"p{100 * q:g}": torch.quantile(kl, q).item() for q in quantiles}
+
+
+def flips(evaluation: Evaluation | dict) -> int:
+    """How many scored tokens changed their top-1 prediction ("flips"): n_tokens × (1 − top1)."""
+    get = evaluation.get if isinstance(evaluation, dict) else lambda k: getattr(evaluation, k)
+    if get("top1") is None:
+        raise ValueError("flips needs an evaluation against a reference (top1 is None)")
+    return round(get("n_tokens") * (1 - get("top1")))
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """One passage token by token, as two models read it (`token_view`): what a mean hides."""
+
+    tokens: list[str]  # each scored token's text
+    logp_ref: list[float]  # log p_ref(token | the tokens before it), nats
+    logp: list[float]  # log p_model(token | the tokens before it)
+    kl: list[float]  # KL(p_ref ‖ p_model) of the prediction of this token
+    top_ref: list[str]  # the reference's likeliest token at this place
+    top: list[str]  # the model's
+
+    @property
+    def delta(self) -> list[float]:
+        """log p_model − log p_ref per token: negative where quantization made the true text less likely."""
+        return [a - b for a, b in zip(self.logp, self.logp_ref, strict=True)]
+
+    @property
+    def flipped(self) -> list[bool]:
+        """Where the two models' likeliest next tokens differ."""
+        return [a != b for a, b in zip(self.top, self.top_ref, strict=True)]
+
+
+@torch.no_grad()
+def token_view(
+    model: nn.Module, reference: nn.Module, tokenizer, text: str, *, bos_token_id: int | str | None = "auto"
+) -> TokenView:
+    """Every token of `text` scored by `model` and by `reference` in one pass each (BOS first, as `evaluate`):
+    log-probabilities, per-token KL and each model's top-1 prediction. For a learner's own text."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("text must be a non-empty string: paste a passage or a prompt")
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    ids, n_bos = _scorable_ids(model, ids, bos_token_id)
+    if ids.shape[1] > 4096:
+        raise ValueError(f"the text is {ids.shape[1]} tokens; paste at most 4,096")
+    z, z_ref = _logits(model, ids)[:-1], _logits(reference, ids)[:-1].to(_device(model))
+    targets = ids[0, 1:].to(z.device)
+    stats = _token_stats(z_ref, z, targets)
+    names = lambda t: [tokenizer.decode([int(i)]) for i in t]
+    return TokenView(
+        tokens=names(targets),
+        logp_ref=(-stats["ref_nll"]).tolist(),
+        logp=(-stats["nll"]).tolist(),
+        kl=stats["kl"].tolist(),
+        top_ref=names(z_ref.argmax(-1)),
+        top=names(z.argmax(-1)),
+    )
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import awq, gptq, rtn
+from . import awq, gptq, qat, rtn, tasks
 from .cache import cached, cached_result, result_path
 from .data import calib_windows, eval_windows
 from .eval import ReferenceLogits, evaluate, generate, model_size
@@ -47,9 +47,10 @@ __all__ = [
     "quantized_model",
     "reference_metrics",
     "shipped_runs",
+    "task_score",
 ]
 
-METHODS = ("rtn", "gptq", "awq")
+METHODS = ("rtn", "gptq", "awq", "qat")
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,15 @@ class Run:
     """One whole-model quantization: which model, method, spec and calibration."""
 
     model: str = "gemma-3-270m"  # an offline name, a Hugging Face id or a local folder
-    method: str = "rtn"  # "rtn", "gptq" or "awq"
+    method: str = "rtn"  # "rtn", "gptq", "awq" or "qat"
     spec: QuantSpec = QuantSpec(bits=4, group_size=128)
     calib: str = "britannica"  # calibration text (`qviz.data`), from the half evaluation never reads
     n_calib: int = 16  # calibration windows ...
     calib_len: int = 512  # ... of this many tokens (BOS added)
-    options: dict = field(default_factory=dict)  # the method's own, e.g. {"act_order": False}; AWQ: AWQConfig
+    options: dict = field(
+        default_factory=dict
+    )  # the method's own, e.g. {"act_order": False}; AWQ: AWQConfig;
+    # QAT: qat.quantize_model's keywords, e.g. {"steps": 100, "batch_size": 2, "lr": 2e-5}
     n_layers: int | None = None  # quantize only the first layers (None: all)
 
     def __post_init__(self):
@@ -102,6 +106,10 @@ def _compute(run: Run, progress: bool) -> QuantResult:
     windows = calib_windows(tokenizer, run.calib, seqlen=run.calib_len, n=run.n_calib)
     if run.method == "gptq":
         return gptq.quantize_model(model, run.spec, windows, **run.options, **kw)
+    if run.method == "qat":
+        if run.n_layers is not None:
+            raise ValueError("QAT trains every layer at once: n_layers must be None")
+        return qat.quantize_model(model, run.spec, windows, **run.options, progress=progress)
     return awq.quantize_model(model, run.spec, windows, awq.AWQConfig(**run.options), **kw)
 
 
@@ -268,6 +276,21 @@ def continuation(run: Run | str, prompt: str, new_tokens: int = 30) -> str:
     return cached("continuation", _continuation_params(run, prompt, new_tokens), compute)["text"]
 
 
+def task_score(run: Run | str, task: str, n: int = 100, *, progress: bool = True) -> tasks.TaskScore:
+    """The run's quantized model (or, for a model name, the float model) on `n` items of `tasks.make_task(task)`.
+    Cached like `measure`."""
+
+    def compute():
+        name = run if isinstance(run, str) else run.model
+        model = _float_model(run) if isinstance(run, str) else _built_model(run, progress)
+        the_task = tasks.make_task(task, load_model(name, fresh=False)[1], n)
+        return asdict(tasks.score(model, load_model(name, fresh=False)[1], the_task, progress=progress))
+
+    params = {"run": run if isinstance(run, str) else run.params(), "task": task, "n": n}
+    stored = cached("task", params, compute)
+    return tasks.TaskScore(stored["task"], tuple(stored["correct"]), stored["chance"])
+
+
 def _continuation_params(run: Run | str, prompt: str, new_tokens: int) -> dict:
     return {"run": run if isinstance(run, str) else run.params(), "prompt": prompt, "new_tokens": new_tokens}
 
@@ -279,12 +302,15 @@ def prefetch(
     prompt: str | None = None,
     new_tokens: int = 30,
     texts: Iterable[Run] | None = None,
+    task_names: Iterable[str] = (),
+    n_items: int = 100,
     desc: str = "whole-model results (background)",
 ) -> threading.Thread | None:
     """Start the whole-model work a notebook shows further down in a background thread, so that it runs while
     the learner reads the cells above it: for each run in order, `quantize`, then with `ev` `measure` (the
     reference's own perplexity first), then with `prompt` its `continuation` (and the float model's); `texts`:
-    only these runs' continuations (default: every run's).
+    only these runs' continuations (default: every run's); `task_names`: each run's `task_score` on these tasks
+    (`n_items` items each), and the float model's first.
 
     Nothing else changes: the cells that show the results call `measure`, `quantize` and `continuation` as
     before. A result already made is read from the cache, one being made is waited for (each result has its own
@@ -297,6 +323,23 @@ def prefetch(
     runs = list(runs)
     texts = runs if texts is None else list(texts)
     steps = []  # (label, where its result is stored, function): in the order the notebook shows them
+    task_names = list(task_names)
+
+    def add_tasks(of: Run | str, label: str) -> None:
+        for task in task_names:
+            path = result_path(
+                "task", {"run": of if isinstance(of, str) else of.params(), "task": task, "n": n_items}
+            )
+            steps.append(
+                (
+                    f"{label}: {task}",
+                    path,
+                    lambda of=of, task=task: task_score(of, task, n_items, progress=False),
+                )
+            )
+
+    for name in dict.fromkeys(run.model for run in runs):
+        add_tasks(name, name)
     for run in runs:
         if ev is not None and not any(step[0] == f"{run.model} reference" for step in steps):
             path = result_path("reference", _reference_params(run.model, ev))
@@ -308,6 +351,7 @@ def prefetch(
         else:
             path = result_path("run", run.params(), ".safetensors")
             steps.append((run.label, path, lambda run=run: quantize(run, progress=False)))
+        add_tasks(run, run.label)
         if prompt is not None and run in texts:
             path = result_path("continuation", _continuation_params(run, prompt, new_tokens))
             steps.append((f"{run.label}: text", path, lambda run=run: continuation(run, prompt, new_tokens)))

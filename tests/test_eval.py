@@ -7,7 +7,17 @@ import tiny_models
 import torch
 import torch.nn.functional as F
 
-from qviz.eval import evaluate, generate, model_size, nll, paired_difference, perplexity
+from qviz.eval import (
+    evaluate,
+    flips,
+    generate,
+    kl_tail,
+    model_size,
+    nll,
+    paired_difference,
+    perplexity,
+    token_view,
+)
 from qviz.quant import QuantSpec, bits_per_weight
 
 VOCAB = 50
@@ -299,3 +309,49 @@ def test_nothing_to_score_and_a_bos_outside_the_vocabulary(model, windows):
             f(model, windows, bos_token_id=99, progress=False)
     with pytest.raises(ValueError, match="seqlen must be an integer or None, got 8.0"):
         nll(model, windows, seqlen=8.0, progress=False)
+
+
+def test_the_kl_tail_and_flips_equal_a_direct_numpy_computation(model, windows):
+    import numpy as np
+
+    ev = evaluate(model, windows, tiny_llama(seed=3), progress=False)
+    tail = kl_tail(ev.token_kl)
+    kl = np.array(ev.token_kl)
+    for key, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)):
+        assert tail[key] == pytest.approx(np.quantile(kl, q), rel=1e-12)
+    assert tail["p99"] == pytest.approx(ev.kl_p99)
+    # flips: the tokens whose top-1 prediction changed, counted directly from both models' logits
+    ids = torch.cat(
+        [torch.ones(len(windows), 1, dtype=torch.long), windows], 1
+    )  # BOS = 1, as evaluate adds it
+    with torch.no_grad():
+        a, b = model(ids).logits[:, :-1].argmax(-1), tiny_llama(seed=3)(ids).logits[:, :-1].argmax(-1)
+    assert flips(ev) == flips(ev.as_dict()) == int((a != b).sum())
+    with pytest.raises(ValueError, match="quantiles in"):
+        kl_tail(ev.token_kl, (0.5, 1.0))
+    with pytest.raises(ValueError, match="against a reference"):
+        flips(evaluate(model, windows, progress=False))
+
+
+class _Digits:
+    """A tokenizer of digits: "3 14" -> [3, 1, 4] (spaces dropped), for the tiny model's vocabulary."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [3 + int(c) for c in text if c.isdigit()]}
+
+    def decode(self, ids):
+        return "".join(str(int(i) - 3) if int(i) >= 3 else "?" for i in ids)
+
+
+def test_token_view_agrees_with_evaluate_token_by_token(model):
+    other = tiny_llama(seed=3)
+    view = token_view(other, model, _Digits(), "31415926535")
+    ids = torch.tensor([[3 + int(c) for c in "31415926535"]])
+    ev = evaluate(other, ids, model, progress=False)
+    assert view.tokens == list("31415926535")  # BOS first: every token of the text is scored
+    assert view.kl == pytest.approx(ev.token_kl, abs=1e-6)
+    assert [-x for x in view.logp] == pytest.approx(ev.token_nll, abs=1e-5)
+    assert view.delta == pytest.approx([a - b for a, b in zip(view.logp, view.logp_ref)])
+    assert sum(view.flipped) == flips(ev)
+    with pytest.raises(ValueError, match="non-empty string"):
+        token_view(other, model, _Digits(), "  ")

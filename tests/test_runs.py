@@ -109,3 +109,26 @@ def test_prefetch_of_a_failing_run_leaves_the_error_to_the_cell(tmp_path, monkey
     assert runs._PENDING == set() and not runs.is_cached(run)
     with pytest.raises(ValueError, match="calibration text is empty"):  # the cell computes it and says why
         runs.quantize(run, progress=False)
+
+
+@pytest.mark.slow
+def test_a_qat_run_and_task_scores_are_cached_results_like_the_others(smollm2, tmp_path, monkeypatch):
+    """QAT goes through the same Run as the post-training methods; task scores are cached and prefetched; a
+    prefetch with tasks computes each once, the float model's first."""
+    monkeypatch.setattr(qviz.cache, "results_dir", lambda: tmp_path)
+    run = Run(
+        "smollm2-135m", "qat", QuantSpec(bits=3, symmetric=False, group_size=64), n_calib=2, calib_len=32,
+        options={"steps": 2, "batch_size": 1},
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="every layer at once"):
+        runs.quantize(Run("smollm2-135m", "qat", n_layers=1), progress=False)
+    result = runs.quantize(run, progress=False)
+    assert result.method == "qat" and len(result.options["losses"]) == 2
+    assert runs.quantize(run, progress=False).options == result.options  # read back from the file
+    runs.prefetch([run], task_names=["recall"], n_items=4).join()
+    stored = sorted(p.name.split("-")[0] for p in tmp_path.iterdir())
+    assert stored == ["run", "task", "task"]  # the QAT run and two task scores (float, QAT): nothing else
+    calls = []
+    monkeypatch.setattr(runs.tasks, "score", lambda *a, **k: calls.append(a))
+    float_score, qat_score = runs.task_score("smollm2-135m", "recall", 4), runs.task_score(run, "recall", 4)
+    assert calls == [] and float_score.n == qat_score.n == 4 and float_score.chance == 0
