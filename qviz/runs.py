@@ -98,7 +98,7 @@ class Eval:
     n: int = 2
 
 
-def _compute(run: Run, progress: bool) -> QuantResult:
+def _compute(run: Run, progress: bool, on_step=None) -> QuantResult:
     model, tokenizer = load_model(run.model)  # a fresh copy: methods quantize in place
     kw = dict(n_layers=run.n_layers, progress=progress)
     if run.method == "rtn":
@@ -109,13 +109,14 @@ def _compute(run: Run, progress: bool) -> QuantResult:
     if run.method == "qat":
         if run.n_layers is not None:
             raise ValueError("QAT trains every layer at once: n_layers must be None")
-        return qat.quantize_model(model, run.spec, windows, **run.options, progress=progress)
+        return qat.quantize_model(model, run.spec, windows, **run.options, progress=progress, on_step=on_step)
     return awq.quantize_model(model, run.spec, windows, awq.AWQConfig(**run.options), **kw)
 
 
-def quantize(run: Run, *, progress: bool = True, refresh: bool = False) -> QuantResult:
-    """The run's QuantResult, computed once (minutes for GPTQ and AWQ on a CPU) and then read from disk."""
-    return cached_result("run", run.params(), lambda: _compute(run, progress), refresh=refresh)
+def quantize(run: Run, *, progress: bool = True, refresh: bool = False, on_step=None) -> QuantResult:
+    """The run's QuantResult, computed once (minutes for GPTQ, AWQ and QAT on a CPU) and then read from disk.
+    on_step(step, loss): QAT's live loss, when it is computed (a stored run keeps its losses in `options`)."""
+    return cached_result("run", run.params(), lambda: _compute(run, progress, on_step), refresh=refresh)
 
 
 def is_cached(run: Run, ev: Eval | None = None) -> bool:

@@ -30,7 +30,9 @@ def test_quantize_is_cached_and_measure_is_one_pass(smollm2, tmp_path, monkeypat
     monkeypatch.setattr(qviz.cache, "results_dir", lambda: tmp_path)
     calls = []
     compute = runs._compute
-    monkeypatch.setattr(runs, "_compute", lambda run, progress: calls.append(run) or compute(run, progress))
+    monkeypatch.setattr(
+        runs, "_compute", lambda run, progress, on_step=None: calls.append(run) or compute(run, progress)
+    )
     run = Run("smollm2-135m", "gptq", QuantSpec(bits=4, group_size=64), n_calib=2, calib_len=32, n_layers=1)
     ev = Eval(seqlen=64, n=2)
     assert not runs.is_cached(run)
@@ -71,7 +73,9 @@ def test_prefetch_computes_each_result_once_and_the_cell_waits_for_it(smollm2, t
     monkeypatch.setattr(qviz.cache, "results_dir", lambda: tmp_path)
     calls = []
     compute = runs._compute
-    monkeypatch.setattr(runs, "_compute", lambda run, progress: calls.append(run) or compute(run, progress))
+    monkeypatch.setattr(
+        runs, "_compute", lambda run, progress, on_step=None: calls.append(run) or compute(run, progress)
+    )
     rtn = Run("smollm2-135m", "rtn", QuantSpec(bits=4, group_size=64))
     gptq = Run("smollm2-135m", "gptq", QuantSpec(bits=4, group_size=64), n_calib=2, calib_len=32, n_layers=1)
     ev, prompt = Eval(seqlen=32, n=2), "The capital of France is"
@@ -99,7 +103,7 @@ def test_prefetch_computes_each_result_once_and_the_cell_waits_for_it(smollm2, t
 def test_prefetch_of_a_failing_run_leaves_the_error_to_the_cell(tmp_path, monkeypatch):
     monkeypatch.setattr(qviz.cache, "results_dir", lambda: tmp_path)
 
-    def broken(run, progress):
+    def broken(run, progress, on_step=None):
         raise ValueError("calibration text is empty")
 
     monkeypatch.setattr(runs, "_compute", broken)

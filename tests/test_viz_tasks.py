@@ -67,6 +67,7 @@ def test_the_use_case_widget_compares_a_quantized_model_with_the_float_one(smoll
     assert widget.tokens.value.count("<span title") == len(view.tokens)
     assert "float (reference)" in widget.table.value and "RTN INT3" in widget.table.value
     assert list(widget.fig.data[0].y)[0] == 1.0
+    assert f"{sum(view.flipped)} top-1 flips" in widget.message.value
     widget.text.value = "   "
     widget.compare()
     assert "non-empty string" in widget.message.value  # a clear message, the last views kept

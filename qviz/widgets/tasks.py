@@ -62,7 +62,6 @@ class UseCase:
         except ValueError as err:  # empty or too long: say what is allowed
             self.message.value = f"<b style='color:#b00'>{html.escape(str(err))}</b>"
             return
-        self.message.value = f"{len(next(iter(self.views.values())).tokens)} tokens scored by each model."
         new = kl_tail_figure({label: v.kl for label, v in self.views.items()}, self.fig.layout.title.text)
         with self.fig.batch_update():
             for trace, fresh in zip(self.fig.data, new.data, strict=True):
@@ -89,6 +88,11 @@ class UseCase:
         view = self.views.get(self.model.value)
         if view is not None:
             self.tokens.value = token_delta_html(view.tokens, view.delta, view.flipped)
+            self.message.value = (
+                f"<b>{html.escape(self.model.value)}</b> against the float model on your {len(view.tokens)} tokens: "
+                f"{sum(view.flipped)} top-1 flips, mean Δlog p {sum(view.delta) / len(view.delta):+.3f} nats, "
+                f"mean KL {sum(view.kl) / len(view.kl):.3f} nats"
+            )
 
     def show(self):
         return W.VBox(
