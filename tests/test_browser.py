@@ -41,6 +41,7 @@ WIDGET_NOTEBOOKS = [  # the notebooks with explorers
         "06_awq.ipynb",
         "08_activations.ipynb",
         "09_formats.ipynb",
+        "10_qat_and_tasks.ipynb",
     )
 ]
 NOTEBOOKS = (
