@@ -48,7 +48,7 @@ def task_change_figure(
     fig.add_hline(y=0, line=dict(color="grey", dash="dot"))
     fig.update_layout(
         title=title, height=400, xaxis_title="quantized model",
-        yaxis_title="accuracy − float accuracy (percentage points, 95% interval)",
+        yaxis_title="accuracy change (points, 95% interval)",
     )  # fmt: skip
     return fig
 
@@ -58,8 +58,8 @@ def loss_figure(title: str = "QAT: distillation loss per step") -> go.FigureWidg
     fig = go.FigureWidget()
     fig.add_scatter(x=[], y=[], mode="lines", name="KL on the training batch")
     fig.update_layout(
-        title=title, height=320, xaxis_title="step",
-        yaxis_title="KL(p_float ‖ p_QAT) on its batch (nats/token)", showlegend=False,
+        title=title, height=360, xaxis_title="step",
+        yaxis_title="KL on its batch (nats/token)", showlegend=False,
     )  # fmt: skip
     return fig
 
