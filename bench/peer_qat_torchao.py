@@ -44,8 +44,9 @@ RESULTS = Path(__file__).with_name("RESULTS_QAT.md")
 MODEL = "smollm2-135m"
 
 
-def torchao_qat(model, reference, windows, args) -> list[float]:
-    """torchao's fake quantization on the same linears, trained with qviz.qat's loop (same order, loss, Adam)."""
+def torchao_qat(model, reference, windows, args) -> tuple[list[float], int]:
+    """torchao's fake quantization on the same linears, trained with qviz.qat's loop (same order, loss, Adam).
+    Returns the loss of every step and how many weights trained."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 

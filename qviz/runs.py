@@ -63,10 +63,9 @@ class Run:
     calib: str = "britannica"  # calibration text (`qviz.data`), from the half evaluation never reads
     n_calib: int = 16  # calibration windows ...
     calib_len: int = 512  # ... of this many tokens (BOS added)
-    options: dict = field(
-        default_factory=dict
-    )  # the method's own, e.g. {"act_order": False}; AWQ: AWQConfig;
-    # QAT: qat.quantize_model's keywords, e.g. {"steps": 100, "batch_size": 2, "lr": 2e-5}
+    # the method's own options, e.g. {"act_order": False}; AWQ: AWQConfig's fields; QAT: qat.quantize_model's
+    # keywords, e.g. {"steps": 100, "batch_size": 2, "lr": 1e-4}
+    options: dict = field(default_factory=dict)
     n_layers: int | None = None  # quantize only the first layers (None: all)
 
     def __post_init__(self):
@@ -282,14 +281,17 @@ def task_score(run: Run | str, task: str, n: int = 100, *, progress: bool = True
     Cached like `measure`."""
 
     def compute():
-        name = run if isinstance(run, str) else run.model
+        tokenizer = load_model(run if isinstance(run, str) else run.model, fresh=False)[1]
         model = _float_model(run) if isinstance(run, str) else _built_model(run, progress)
-        the_task = tasks.make_task(task, load_model(name, fresh=False)[1], n)
-        return asdict(tasks.score(model, load_model(name, fresh=False)[1], the_task, progress=progress))
+        the_task = tasks.make_task(task, tokenizer, n)
+        return asdict(tasks.score(model, tokenizer, the_task, progress=progress))
 
-    params = {"run": run if isinstance(run, str) else run.params(), "task": task, "n": n}
-    stored = cached("task", params, compute)
+    stored = cached("task", _task_params(run, task, n), compute)
     return tasks.TaskScore(stored["task"], tuple(stored["correct"]), stored["chance"])
+
+
+def _task_params(run: Run | str, task: str, n: int) -> dict:
+    return {"run": run if isinstance(run, str) else run.params(), "task": task, "n": n}
 
 
 def _continuation_params(run: Run | str, prompt: str, new_tokens: int) -> dict:
@@ -328,9 +330,7 @@ def prefetch(
 
     def add_tasks(of: Run | str, label: str) -> None:
         for task in task_names:
-            path = result_path(
-                "task", {"run": of if isinstance(of, str) else of.params(), "task": task, "n": n_items}
-            )
+            path = result_path("task", _task_params(of, task, n_items))
             steps.append(
                 (
                     f"{label}: {task}",

