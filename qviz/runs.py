@@ -307,13 +307,14 @@ def prefetch(
     texts: Iterable[Run] | None = None,
     task_names: Iterable[str] = (),
     n_items: int = 100,
+    tasks_for: Iterable[Run] | None = None,
     desc: str = "whole-model results (background)",
 ) -> threading.Thread | None:
     """Start the whole-model work a notebook shows further down in a background thread, so that it runs while
     the learner reads the cells above it: for each run in order, `quantize`, then with `ev` `measure` (the
     reference's own perplexity first), then with `prompt` its `continuation` (and the float model's); `texts`:
     only these runs' continuations (default: every run's); `task_names`: each run's `task_score` on these tasks
-    (`n_items` items each), and the float model's first.
+    (`n_items` items each), and the float model's first; `tasks_for`: only these runs' (default: every run's).
 
     Nothing else changes: the cells that show the results call `measure`, `quantize` and `continuation` as
     before. A result already made is read from the cache, one being made is waited for (each result has its own
@@ -325,6 +326,7 @@ def prefetch(
     """
     runs = list(runs)
     texts = runs if texts is None else list(texts)
+    tasks_for = runs if tasks_for is None else list(tasks_for)
     steps = []  # (label, where its result is stored, function): in the order the notebook shows them
     task_names = list(task_names)
 
@@ -352,7 +354,8 @@ def prefetch(
         else:
             path = result_path("run", run.params(), ".safetensors")
             steps.append((run.label, path, lambda run=run: quantize(run, progress=False)))
-        add_tasks(run, run.label)
+        if run in tasks_for:
+            add_tasks(run, run.label)
         if prompt is not None and run in texts:
             path = result_path("continuation", _continuation_params(run, prompt, new_tokens))
             steps.append((f"{run.label}: text", path, lambda run=run: continuation(run, prompt, new_tokens)))

@@ -28,6 +28,7 @@ between two models on the same items, with its own interval.
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import re
@@ -243,19 +244,67 @@ def _continuation_scores(
     return out
 
 
+def _shared_prompt_scores(model: nn.Module, prompts: list[list[int]], choices: list[list[list[int]]]):
+    """`_continuation_scores` for items whose prompts all have the same length, running each prompt once instead
+    of once per choice (a cloze prompt is ~40 tokens, a choice 1-3). The prompts' key/value cache is repeated
+    once per choice (`reorder_cache`, what beam search does), and the choices, padded on the right, continue
+    from it. A prompt's last logits predict each of its choices' first token. Returns, item by item, a list with
+    each choice's result; the same numbers as the prompt + choice sequences scored whole (tested)."""
+    device = next(model.parameters()).device
+    rows = [c for item in choices for c in item]  # every choice of every item, in order
+    owner = torch.tensor([i for i, item in enumerate(choices) for _ in item])  # the item each row belongs to
+    ids = torch.zeros(len(rows), max(len(c) for c in rows), dtype=torch.long)
+    for row, choice in enumerate(rows):
+        ids[row, : len(choice)] = torch.tensor(choice)
+    # transformers 5.24 renamed the cache argument past_key_values to cache; older versions take only the old name
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(prompts, device=device), use_cache=True)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        cache.reorder_cache(owner.to(device))
+        rest = model(input_ids=ids.to(device), use_cache=True, **{name: cache}).logits.float().cpu()
+    last = out.logits[:, -1].float().cpu()
+    results = []
+    for row, choice in enumerate(rows):
+        z = torch.cat([last[owner[row], None], rest[row, : len(choice) - 1]])  # z[k] predicts choice[k]
+        target = torch.tensor(choice)
+        logp = z.log_softmax(-1).gather(-1, target[:, None])[:, 0]
+        results.append((logp.double().sum().item(), bool((z.argmax(-1) == target).all())))
+    return _group(results, choices)
+
+
+def _group(flat: list, nested: list[list]) -> list[list]:
+    """`flat` cut into consecutive pieces as long as `nested`'s lists."""
+    it = iter(flat)
+    return [[next(it) for _ in part] for part in nested]
+
+
 def score(
     model: nn.Module, tokenizer, task: Task, *, batch_size: int = 16, progress: bool = True
 ) -> TaskScore:
-    """The model's answer to every item of `task` (BOS first where the model has one), as a `TaskScore`."""
-    sequences = []  # one per (item, choice), in item order
-    for item in task.items:
-        prompt = _bos(model) + tokenizer(item.prompt, add_special_tokens=False)["input_ids"]
-        for choice in item.choices:
-            sequences.append((prompt + tokenizer(choice, add_special_tokens=False)["input_ids"], len(prompt)))
-    results = iter(_continuation_scores(model, sequences, batch_size, progress))
+    """The model's answer to every item of `task` (BOS first where the model has one), as a `TaskScore`. Items
+    with a prompt and several choices run their prompt once (`_shared_prompt_scores`, items with prompts of one
+    length batched together); the rest are scored as whole sequences (`_continuation_scores`)."""
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    items = [(_bos(model) + encode(item.prompt), [encode(c) for c in item.choices]) for item in task.items]
+    if task.kind == "choice" and all(item.prompt for item in task.items):
+        by_length: dict[int, list[int]] = {}
+        for i, (prompt, _) in enumerate(items):
+            by_length.setdefault(len(prompt), []).append(i)
+        batches = [g[a : a + batch_size] for g in by_length.values() for a in range(0, len(g), batch_size)]
+        per_item = [None] * len(items)
+        for batch in tqdm(batches, desc="score", unit="batch", disable=not progress, leave=False):
+            got = _shared_prompt_scores(model, [items[i][0] for i in batch], [items[i][1] for i in batch])
+            for i, mine in zip(batch, got, strict=True):
+                per_item[i] = mine
+    else:
+        sequences = [(prompt + choice, len(prompt)) for prompt, choices in items for choice in choices]
+        per_item = _group(_continuation_scores(model, sequences, batch_size, progress), [c for _, c in items])
     correct = []
-    for item in task.items:
-        mine = [next(results) for _ in item.choices]
+    for item, mine in zip(task.items, per_item, strict=True):
         if task.kind == "exact":
             correct.append(mine[0][1])
         else:

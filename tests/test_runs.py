@@ -129,9 +129,10 @@ def test_a_qat_run_and_task_scores_are_cached_results_like_the_others(smollm2, t
     result = runs.quantize(run, progress=False)
     assert result.method == "qat" and len(result.options["losses"]) == 2
     assert runs.quantize(run, progress=False).options == result.options  # read back from the file
-    runs.prefetch([run], task_names=["recall"], n_items=4).join()
+    rtn = Run("smollm2-135m", "rtn", QuantSpec(bits=8))
+    runs.prefetch([rtn, run], task_names=["recall"], n_items=4, tasks_for=[run]).join()
     stored = sorted(p.name.split("-")[0] for p in tmp_path.iterdir())
-    assert stored == ["run", "task", "task"]  # the QAT run and two task scores (float, QAT): nothing else
+    assert stored == ["run", "run", "task", "task"]  # both runs, and two task scores (float, QAT): not RTN's
     calls = []
     monkeypatch.setattr(runs.tasks, "score", lambda *a, **k: calls.append(a))
     float_score, qat_score = runs.task_score("smollm2-135m", "recall", 4), runs.task_score(run, "recall", 4)

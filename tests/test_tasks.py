@@ -132,3 +132,29 @@ def test_the_float_model_does_the_tasks_better_than_chance(smollm2):
         s = tasks.score(model, tok, tasks.make_task(name, tok, n=30), progress=False)
         assert s.accuracy >= at_least, (name, s.accuracy)
         assert s.interval()[0] > s.chance, name
+
+
+@pytest.mark.parametrize("family", ["tiny_llama", "smollm2"])
+def test_shared_prompts_score_what_the_whole_sequences_score(family, request):
+    """Prompts of one length run once, their cache repeated per choice (`_shared_prompt_scores`), against each
+    prompt + choice scored whole and unbatched: the same log-probabilities and the same all-top-1 flags."""
+    if family == "tiny_llama":
+        model, tok = tiny_llama(seed=3, vocab_size=64), CharTokenizer()
+        bos, texts = [0], ("THE CAT SAT ON", "A DOG RAN INTO")
+        choices = [(" A", " THE", " MAT "), ("X", " THE HOUSE")]
+    else:
+        model, tok = request.getfixturevalue("smollm2")
+        bos, texts = (
+            [model.config.bos_token_id],
+            ("The river runs through the old", "In the year of the great"),
+        )
+        choices = [(" town", " mountainside", " a"), (" fire", " flood")]
+    prompts = [bos + tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert len(prompts[0]) == len(prompts[1])
+    choices = [[tok(c, add_special_tokens=False)["input_ids"] for c in item] for item in choices]
+    got = tasks._shared_prompt_scores(model, prompts, choices)
+    for prompt, mine, item in zip(prompts, got, choices, strict=True):
+        whole = tasks._continuation_scores(model, [(prompt + c, len(prompt)) for c in item], 8, False)
+        for (logp, top1), (logp_whole, top1_whole), c in zip(mine, whole, item, strict=True):
+            assert logp == pytest.approx(_direct_logp(model, prompt + c, len(prompt)), abs=2e-4)
+            assert logp == pytest.approx(logp_whole, abs=2e-4) and top1 == top1_whole
