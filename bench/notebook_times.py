@@ -4,6 +4,7 @@ runs it (not the test run's QVIZ_FAST mode), plus `qviz prepare`; writes bench/N
     python bench/notebook_times.py                      # fresh clone, cold then warm, every notebook
     python bench/notebook_times.py --notebooks 05 07    # some of them
     python bench/notebook_times.py --prepare            # also time `qviz prepare` (cold), then the notebooks warm
+    python bench/notebook_times.py --outputs DIR        # and keep every executed notebook there, to read
 
 "Fresh": the notebooks run from a `git clone` of this checkout (HEAD) into a temporary folder, with an empty
 results cache ($QVIZ_CACHE points to a new folder). The one-time model conversion is left out of the goal (a
@@ -32,8 +33,9 @@ OUT = Path(__file__).with_name("NOTEBOOK_TIMES.md")
 GOAL_COLD_S, GOAL_WARM_S, GOAL_SEQUENCE_WARM_S, GOAL_PREPARE_S = 300, 60, 900, 1800
 
 
-def run_notebook(path: Path, env: dict) -> dict:
-    """Execute `path` with nbclient in a child process (its own kernel); return seconds and per-cell seconds."""
+def run_notebook(path: Path, env: dict, keep: Path | None = None) -> dict:
+    """Execute `path` with nbclient in a child process (its own kernel); return seconds and per-cell seconds.
+    keep: write the executed notebook there."""
     script = r"""
 import json, sys, time, nbformat
 from nbclient import NotebookClient
@@ -48,13 +50,15 @@ with client.setup_kernel():
         client.execute_cell(cell, index)
         cells.append((index, cell.source.splitlines()[0][:70] if cell.source else "", time.perf_counter() - start))
         errors += [o.get("ename", "") for o in cell.outputs if o.output_type == "error"]
+if len(sys.argv) > 3:  # --outputs: keep the executed notebook, to read what it showed
+    nbformat.write(nb, sys.argv[3])
 import resource  # the kernel has exited and been waited for: its peak resident memory, in KiB on Linux
 peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
 print(json.dumps({"cells": cells, "errors": errors, "peak_gb": peak_gb}))
 """
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(path), str(path.parent)],
+        [sys.executable, "-c", script, str(path), str(path.parent), *([str(keep)] if keep else [])],
         env=env, capture_output=True, text=True, timeout=7200,
     )  # fmt: skip
     seconds = time.perf_counter() - start
@@ -74,6 +78,9 @@ def main() -> None:
         "--no-cold", action="store_true", help="skip the cold runs (with --prepare: prepare, then warm)"
     )
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--outputs", type=Path, help="keep each executed notebook here (NN-cold.ipynb, NN-warm.ipynb)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="qviz-times-"))
@@ -105,7 +112,10 @@ def main() -> None:
             print(f"qviz prepare: {prepare_seconds:.0f} s", flush=True)
         for path in notebooks:
             before = os.getloadavg()[0]
-            r = run_notebook(path, env)
+            keep = args.outputs / f"{path.name[:2]}-{phase}.ipynb" if args.outputs else None
+            if keep:
+                keep.parent.mkdir(parents=True, exist_ok=True)
+            r = run_notebook(path, env, keep)
             after = os.getloadavg()[0]
             slow = sorted(r["cells"], key=lambda c: -c[2])[:3]
             rows.append({"notebook": path.name, "phase": phase, "seconds": r["seconds"], "load": (before, after),
