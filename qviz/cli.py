@@ -1,5 +1,6 @@
 """The `qviz` command line. `qviz doctor` is the first thing a workshop runs: it checks the set-up; `qviz prepare`
-then warms every cache the notebooks need, so each one runs in about a minute.
+then warms every cache the notebooks need, so each one runs in about a minute. `qviz fit MODEL` says whether a model
+fits a GPU in a given weight format (`qviz.memory`).
 
 Subcommands register in `_SUBCOMMANDS` (name -> (help, add_arguments, run)); `run(args)` returns an exit code.
 """
@@ -172,6 +173,68 @@ def _prepare_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--notebooks", nargs="*", metavar="NN", help="only these, by number (e.g. 05 07)")
 
 
+def _fit(args: argparse.Namespace) -> int:
+    """Print the memory breakdown of `qviz.memory.plan` and the GPUs of `qviz.memory.GPUS` it fits."""
+    from . import memory
+
+    try:
+        weights = memory.WeightFormat(
+            args.format, bits=args.bits, group_size=None if args.group_size == -1 else args.group_size,
+            symmetric=not args.asym, dtype=args.dtype, double_quant=args.double_quant,
+        )  # fmt: skip
+        p = memory.plan(
+            args.model, weights, context=args.context, batch=args.batch, kv=args.kv,
+            kv_group_size=args.kv_group_size, overhead_gib=args.overhead_gib,
+        )  # fmt: skip
+        if args.memory is not None:
+            p.headroom(
+                args.memory
+            )  # a memory that is not a positive number: said here, with the other errors
+    except ValueError as err:
+        print(f"qviz fit: {err}", file=sys.stderr)
+        return 2
+    print(f"{p.model}, {p.format}, {p.batch} x {p.context:,} tokens, KV cache {args.kv}")
+    print(f"  {'':18} {'GB':>9} {'GiB':>9}   (1 GB = 1e9 bytes; 1 GiB = 2^30, the 'GB' of GPU memory)")
+    for part, n in [*p.parts.items(), ("total", p.total)]:
+        print(f"  {part:18} {n / 1e9:9.2f} {n / 2**30:9.2f}")
+    print(
+        f"  {p.parameters:,} parameters, {p.quantized_parameters:,} quantized: {p.bits_per_weight:.2f} bits each"
+    )
+    left = {gpu: p.headroom(gpu) / 2**30 for gpu in memory.GPUS}
+    print(f"fits: {', '.join(g for g, gib in left.items() if gib >= 0) or 'none of these'}")
+    short = [f"{g} ({-gib:.1f} GiB short)" for g, gib in left.items() if gib < 0]
+    print(f"does not fit: {', '.join(short) or 'none of these'}")
+    if args.memory is not None:
+        print(f"your GPU: {p.verdict(args.memory)}")
+    return 0
+
+
+def _fit_args(parser: argparse.ArgumentParser) -> None:
+    # help texts name the choices without importing qviz.memory (torch): every `qviz` command builds this parser
+    parser.add_argument(
+        "model", help="llama-2-7b, llama-2-70b, llama-3-70b, an offline model, a Hugging Face id"
+    )
+    parser.add_argument("--format", default="compressed-tensors",
+                        help="compressed-tensors (default), gptq, bf16, fp16, float32, fp8, nf4, mxfp4, nvfp4, or a "
+                        "GGUF type (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K, Q2_K, ...)")  # fmt: skip
+    parser.add_argument("--bits", type=int, default=4, help="integer formats: bits per weight (default 4)")
+    parser.add_argument("--group-size", type=int, default=128,
+                        help="integer formats: weights per scale (default 128; -1: one per output channel)")  # fmt: skip
+    parser.add_argument("--asym", action="store_true", help="integer formats: a zero point per group")
+    parser.add_argument("--dtype", default="bf16", help="float tensors and activations: bf16, fp16, float32")
+    parser.add_argument("--double-quant", action="store_true", help="nf4: 8-bit absmaxes (bitsandbytes)")
+    parser.add_argument("--context", type=int, default=4096, help="tokens per sequence (default 4096)")
+    parser.add_argument("--batch", type=int, default=1, help="sequences at once (default 1)")
+    parser.add_argument("--kv", default="fp16", help="KV cache: fp16 (default), bf16, fp8_e4m3, int8 .. int2")
+    parser.add_argument(
+        "--kv-group-size", type=int, default=None, help="quantized KV cache: tokens per key scale"
+    )
+    parser.add_argument("--overhead-gib", type=float, default=1.0, help="CUDA context etc. (default 1 GiB)")
+    parser.add_argument(
+        "--memory", type=float, default=None, metavar="GB", help="your own GPU's memory in GB"
+    )
+
+
 _SUBCOMMANDS = {
     "doctor": ("check Python, torch, models, texts and JupyterLab widgets", _doctor_args, _doctor),
     "prepare": (
@@ -179,6 +242,7 @@ _SUBCOMMANDS = {
         _prepare_args,
         _prepare,
     ),
+    "fit": ("will it fit? the memory a model needs in a weight format, against common GPUs", _fit_args, _fit),
 }
 
 
