@@ -67,6 +67,7 @@ from typing import NamedTuple
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .act import ACT_FORMATS
+from .kvcache import KVSpec, kv_bytes_per_token
 from .microscaling import FP4_FORMATS
 from .pack import LAYOUT_BITS
 
@@ -428,8 +429,6 @@ def plan(model, weights: WeightFormat | str | Mapping[str, str] = "bf16", *, con
 
 
 def _kv_bytes(s: DecoderShape, kv: str, group_size: int | None, context: int, batch: int) -> int:
-    from .kvcache import KVSpec, kv_bytes_per_token  # imports transformers: only once a plan is made
-
     spec = 16 if kv in ("fp16", "bf16") else KVSpec(kv, group_size=group_size)
     per_layer = kv_bytes_per_token(s, spec, seqlen=context) / s.num_hidden_layers  # per token, per layer
     keep = (
