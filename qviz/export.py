@@ -24,6 +24,9 @@ from `qviz.rtn`, `qviz.gptq` or `qviz.awq`), never re-derived; everything that i
 (embeddings, norms, lm_head, biases) is saved as the model holds it, with the tensors the method changed (AWQ
 folds 1/s into norms) taken from the result. `load_quantized` gives back the codes bit for bit.
 
+And one recipe: `llmcompressor_recipe` / `write_llmcompressor_recipe` (from `qviz.recipes`), the llm-compressor
+recipe that quantizes like a `qviz.runs.Run`, for models past a laptop (docs/SCALE.md).
+
 Atomic: the files are written into a temporary folder beside the target, flushed to disk (fsync), and only
 then renamed into place. A crash or an error midway leaves the old checkpoint (or nothing), never half of one.
 """
@@ -55,6 +58,8 @@ __all__ = [
     "load_quantized",
     "load_quantized_model",
     "quantization_config",
+    "llmcompressor_recipe",
+    "write_llmcompressor_recipe",
 ]
 
 FORMATS = ("compressed-tensors", "gptq", "gguf")
@@ -431,3 +436,7 @@ def load_quantized_model(
             f"{unexpected[:5]}. {_RESAVE}"
         )
     return model
+
+
+# The llm-compressor recipe of a run (qviz.recipes): the same quantization handed to the tools built for scale.
+from .recipes import llmcompressor_recipe, write_llmcompressor_recipe  # noqa: E402
