@@ -223,9 +223,9 @@ def test_lookup_accepts_two_digits_one_digit_or_a_number(notebook):
 
 @pytest.mark.parametrize(
     "notebook, number, listed",
-    [("11", 1, "notebook 10: 1, 2, 3"), ("gptq", 1, "notebook 01: 1, 2, 3, 4, 5"), ("05", 4, "1, 2, 3"),
+    [("12", 1, "notebook 11: 1"), ("gptq", 1, "notebook 01: 1, 2, 3, 4, 5"), ("05", 4, "1, 2, 3"),
      (8, 2, "exercises are 1"), ("05", "2", "1, 2, 3"), ("05", True, "1, 2, 3")],
-    ids=["no-notebook-11", "not-a-number", "no-exercise-4", "one-exercise", "number-as-text", "bool"],
+    ids=["no-notebook-12", "not-a-number", "no-exercise-4", "one-exercise", "number-as-text", "bool"],
 )  # fmt: skip
 def test_unknown_exercise_lists_what_exists(notebook, number, listed):
     with pytest.raises(ValueError, match=listed):

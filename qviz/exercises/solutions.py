@@ -23,7 +23,7 @@ __all__ = ["SOLUTIONS", "Solution", "solution"]
 class Solution:
     """One exercise's worked solution. Displays as a code block and its explanation in a notebook."""
 
-    notebook: str  # two digits: "01" .. "10"
+    notebook: str  # two digits: "01" .. "11"
     number: int  # the exercise's number inside its notebook, from 1
     code: str  # what replaces the placeholder; the notebook's check call follows it
     why: str  # one or two sentences
@@ -280,6 +280,14 @@ SOLUTIONS: tuple[Solution, ...] = (
         """The interval is the noise of this many paired items. The change is real only if the whole interval
         lies on one side of zero; if it reaches zero, these items cannot tell, which is not the same as "no
         change".""",
+    ),
+    # 11 · Choose and ship
+    _entry(
+        "11",
+        1,
+        "answer = 2 * 32 * 32 * 128 * 2 * 4096 / 2**30  # K and V × layers × KV heads × head_dim × 2 bytes × tokens",
+        """Every layer keeps a key and a value vector per KV head for every token: 2 GiB at 4,096 tokens. Without
+        grouped-query attention (Llama 2 has 32 KV heads, Llama 3 8), that is a third of a 6 GB GPU.""",
     ),
 )
 
