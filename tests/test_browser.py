@@ -42,6 +42,7 @@ WIDGET_NOTEBOOKS = [  # the notebooks with explorers
         "08_activations.ipynb",
         "09_formats.ipynb",
         "10_qat_and_tasks.ipynb",
+        "11_choose_and_ship.ipynb",
     )
 ]
 NOTEBOOKS = (
