@@ -43,9 +43,11 @@ def pareto_figure(points: list[Point], title: str) -> go.Figure:
         )  # fmt: skip
         fig.update_yaxes(type="log", title_text=METRICS[metric], row=1, col=col)
         fig.update_xaxes(title_text="bits per decoder-linear weight (scales, zeros included)", row=1, col=col)
-    reference = points[0].ref_ppl
-    fig.add_hline(y=reference, line=dict(color="grey", dash="dot"), row=1, col=2,
-                  annotation_text=f"float reference {reference:.2f}", annotation_position="bottom right")  # fmt: skip
+    reference, xs = points[0].ref_ppl, [p.bits for p in points]  # a trace, not add_hline: on a log axis
+    fig.add_scatter(  # an hline's annotation is placed in log10 units and stretches the axis
+        x=[min(xs), max(xs)], y=[reference, reference], mode="lines", line=dict(color="grey", dash="dot"),
+        name=f"float reference ({reference:.2f})", hoverinfo="skip", row=1, col=2,
+    )  # fmt: skip
     fig.update_layout(title=title, height=430, legend=dict(orientation="h", y=-0.22))
     return fig
 
