@@ -23,3 +23,13 @@ lint: setup
 
 test: lint
 	QVIZ_FAST=1 $(BIN)/pytest
+
+.PHONY: slides app
+
+# reveal.js slides of every notebook in build/slides/, slide types taken from the headings (scripts/slides.py)
+slides: setup
+	$(BIN)/python scripts/slides.py
+
+# the explorers as a standalone page served by Voilà, no code shown: open the URL it prints; Ctrl-C stops it
+app: setup
+	$(BIN)/voila app/qviz_app.ipynb

