@@ -132,13 +132,23 @@ def main() -> None:
     print(f"wrote {args.out} and {args.out.with_suffix('.json').name} (every cell's time)")
 
 
+def _cpu() -> str:
+    """The CPU's model name and clock (/proc/cpuinfo): two "2-core" machines can differ by 2x in these runs."""
+    try:
+        lines = [line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line]
+        info = {key.strip(): value for key, value in lines}
+        return f"{info['model name'].strip()}, {float(info['cpu MHz']):.0f} MHz"
+    except (OSError, KeyError, ValueError):
+        return platform.processor() or "CPU model unknown"
+
+
 def report(rows: list[dict], prepare_seconds: float | None, head: str, args) -> str:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# How long a learner waits: Run All of every notebook (bench/notebook_times.py)",
         "",
-        f"- date: {date}; commit {head}; machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other "
-        f"jobs; {platform.platform()}",
+        f"- date: {date}; commit {head}; machine: {platform.machine()}, {os.cpu_count()} CPUs ({_cpu()}) shared with "
+        f"other jobs; {platform.platform()}",
         f"- command: `python bench/notebook_times.py {' '.join(sys.argv[1:])}`",
         "- a fresh clone, the notebooks as a learner runs them (not QVIZ_FAST), an empty results cache; the "
         "converted models were already there (the one-time conversion, about 2 minutes, is outside the goals)",
