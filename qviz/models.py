@@ -340,13 +340,18 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 
 def _copy_without_added_hooks(model: nn.Module) -> nn.Module:
     """A deep copy of the shared model as it was loaded: hooks that a notebook (or `qviz.calib.capture`) has
-    registered on the shared instance meanwhile are not copied. deepcopy copies them, so a copy made while a
-    notebook captures activations from the shared model would run that capture's hooks in its own passes (a
-    background `qviz.runs.prefetch` thread did: its passes fed the notebook's capture and stopped on its
-    StopForward). The hooks present right after loading (`_PRISTINE_HOOKS`, e.g. a library's own) are kept."""
+    registered on the shared instance meanwhile are not copied, nor forwards it has replaced
+    (`capture.forwards_replaced` sets an instance `forward` on each decoder layer while it captures). deepcopy
+    copies both, so a copy made while a notebook captures activations from the shared model ran that capture in
+    its own passes: a background `qviz.runs.prefetch` thread's passes fed the notebook's capture and stopped on its
+    StopForward, and a GPTQ run whose copy was made then saw every decoder layer as the identity (its layers'
+    inputs were the embeddings) and came out worse than rounding. The hooks and instance forwards present right
+    after loading (`_PRISTINE_HOOKS`, e.g. a library's own) are kept."""
     copied = copy.deepcopy(model)
     pristine = _PRISTINE_HOOKS.get(id(model), {})
     for name, module in copied.named_modules():
+        if "forward" in module.__dict__ and (name, "forward") not in pristine:
+            del module.forward  # the class's forward again
         for attr in _HOOK_DICTS:
             hooks = getattr(module, attr, None)
             if hooks:
@@ -358,7 +363,9 @@ def _copy_without_added_hooks(model: nn.Module) -> nn.Module:
     return copied
 
 
-_PRISTINE_HOOKS: dict[int, dict] = {}  # id(shared model) -> {(module name, hook dict): handle ids at load}
+_PRISTINE_HOOKS: dict[
+    int, dict
+] = {}  # id(shared model) -> {(module name, hook dict or "forward"): handle ids at load}
 
 
 def _record_pristine_hooks(model: nn.Module) -> None:
@@ -366,7 +373,7 @@ def _record_pristine_hooks(model: nn.Module) -> None:
         (name, attr): set(getattr(module, attr, {}))
         for name, module in model.named_modules()
         for attr in _HOOK_DICTS
-    }
+    } | {(name, "forward"): set() for name, module in model.named_modules() if "forward" in module.__dict__}
 
 
 def _load(name: str, dtype: torch.dtype, trust_remote_code: bool):

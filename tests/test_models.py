@@ -164,6 +164,31 @@ def test_a_fresh_copy_does_not_carry_hooks_put_on_the_shared_model(tmp_path):
         models.clear_memory_cache()
 
 
+def test_a_fresh_copy_made_during_a_capture_runs_its_own_layers(tmp_path):
+    """`capture.forwards_replaced` puts an instance `forward` on each decoder layer of the shared model while a
+    notebook captures its inputs; a copy made meanwhile (a background GPTQ run's) must run the real layers. It did
+    not: deepcopy copied the replacements, the copy's layers were the identity, and GPTQ came out worse than RTN."""
+    from qviz.calib.capture import forwards_replaced
+
+    folder = str(save_tiny_folder(tmp_path / "ckpt"))
+    shared, _ = models.load_model(folder, fresh=False)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    try:
+        with torch.no_grad():
+            expected = shared(input_ids=ids).logits
+        layers = shared.model.layers
+        with forwards_replaced({layer: (lambda *a, **k: a[0]) for layer in layers}):  # identity layers
+            copy_, _ = models.load_model(folder)
+            with torch.no_grad():
+                skipped = shared(input_ids=ids).logits
+        assert not any("forward" in layer.__dict__ for layer in copy_.model.layers)
+        with torch.no_grad():
+            assert torch.equal(copy_(input_ids=ids).logits, expected)
+        assert not torch.equal(skipped, expected)  # the replacement did act on the shared model
+    finally:
+        models.clear_memory_cache()
+
+
 def test_conversion_is_atomic_and_drops_the_gguf_marker(tmp_path, monkeypatch):
     """_convert with the GGUF reader replaced by a tiny model: a failure leaves no folder behind."""
     import transformers
