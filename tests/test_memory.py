@@ -122,6 +122,25 @@ def test_release_gguf_to_the_byte_and_the_file_size(name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma-3-270m"])
+def test_gguf_file_bytes_within_1_percent_of_the_release_file(name):
+    """The tensors plus the estimated header (vocabulary, merges or scores, tensor-info table, other keys,
+    padding) come within 1% of the released file's size; the tensors alone are 1.8% and 2.6% short."""
+    from transformers import AutoTokenizer
+
+    from qviz.memory import gguf_file_bytes
+    from qviz.models import OFFLINE_MODELS, _gguf_path, cached_model_dir, release_types
+
+    types = release_types(name)  # converts on first use: the cache folder holds the tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(cached_model_dir(name))
+    with tempfile.TemporaryDirectory() as tmp:  # Gemma's file is assembled from its chunk packages
+        size = _gguf_path(OFFLINE_MODELS[name], Path(tmp)).stat().st_size
+    estimate = gguf_file_bytes(name, types, tokenizer)
+    assert abs(estimate - size) < 0.01 * size, (estimate, size)
+    assert plan(name, types).weights < 0.99 * size  # the header is what closes the gap
+
+
+@pytest.mark.slow
 def test_gemma_release_is_llamacpp_q4_k_m_as_the_planner_predicts():
     """Gemma-3-270M's file is named Q4_K_M: the planner's llama.cpp rule (Q4_K; Q6_K for attn_v and ffn_down in the
     first and last eighth of the layers and every third between; Q6_K for the tied output; rows of 640 not a
