@@ -70,7 +70,9 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from .act import ACT_FORMATS
 from .kvcache import KVSpec, kv_bytes_per_token
 from .microscaling import FP4_FORMATS
+from .models import gguf_name
 from .pack import LAYOUT_BITS
+from .to_gguf import GGUF_LAYOUTS
 
 __all__ = ["EXAMPLES", "FORMATS", "GGUF_MIXES", "GPUS", "KV_FORMATS", "LAYER_NORMS", "LINEARS", "QUANTIZED",
            "DecoderShape", "MemoryPlan", "Stored", "WeightFormat", "decoder_shape", "gguf_file_bytes", "gguf_types",
@@ -335,24 +337,19 @@ def tensor_bytes(model, weights: WeightFormat | str | Mapping[str, str]) -> dict
     }
 
 
-# GGUF names of the norm vectors (llama.cpp's); Gemma 3's post_attention_layernorm is "post_attention_norm"
-_GGUF_NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-               "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
-               "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}  # fmt: skip
+# GGUF names of the per-head q/k norms; the layer norms' names are qviz.to_gguf.GGUF_LAYOUTS' (llama.cpp's)
+_GGUF_QK_NORMS = {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
 GGUF_ALIGNMENT = 32  # general.alignment's default: the tensor data starts, and each tensor is padded, to it
 # bytes allowed for the fixed header and the small keys (architecture, shapes, token ids, flags): ~1.5 KB in both
 GGUF_OTHER_METADATA = 4096
 
 
-def _gguf_tensor_name(name: str, role: str, layer: int, post_attention: str) -> str:
+def _gguf_tensor_name(name: str, role: str, layer: int, norms: dict[str, str]) -> str:
     if role in LINEARS:
-        from .models import gguf_name
-
         return gguf_name(name)
     if role == "norm" and layer >= 0:
         part = name.split(".", 3)[3]
-        norm = post_attention if part == "post_attention_layernorm" else _GGUF_NORMS.get(part, part)
-        return f"blk.{layer}.{norm}.weight"
+        return f"blk.{layer}.{norms.get(part, part)}.weight"
     return {"embedding": "token_embd", "lm_head": "output"}.get(role, "output_norm") + ".weight"
 
 
@@ -375,11 +372,11 @@ def gguf_file_bytes(model, weights: WeightFormat | str | Mapping[str, str], toke
     s = _shape(model)
     sizes = [st.bytes for st in tensor_bytes(s, weights).values()]
     has_pre_ffn = any(n == "pre_feedforward_layernorm" for n, _ in LAYER_NORMS.get(s.model_type, ()))
-    post_attention = "post_attention_norm" if has_pre_ffn else "ffn_norm"
+    norms = {**GGUF_LAYOUTS["gemma3_text" if has_pre_ffn else "llama"].norms, **_GGUF_QK_NORMS}
     info = 0
     for name, (role, layer, _, _) in tensors(s).items():
         dims = 1 if role == "norm" else 2
-        info += 8 + len(_gguf_tensor_name(name, role, layer, post_attention)) + 4 + 8 * dims + 4 + 8
+        info += 8 + len(_gguf_tensor_name(name, role, layer, norms)) + 4 + 8 * dims + 4 + 8
     backend = getattr(tokenizer, "backend_tokenizer", None)
     vocab = backend.get_vocab(with_added_tokens=True) if backend else tokenizer.get_vocab()
     n = max(len(vocab), s.vocab_size)  # a writer pads a short vocabulary with "[PAD<i>]" tokens

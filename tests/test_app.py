@@ -18,7 +18,6 @@ Without /usr/bin/chromium, playwright or voila the test skips, except under CI (
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -35,9 +34,9 @@ from test_browser import (
     _controls,
     _error_outputs,
     _free_port,
-    _processes_mentioning,
     _require_browser,
     _wait_until,
+    kill_processes_mentioning,
 )
 
 pytestmark = pytest.mark.browser
@@ -106,11 +105,7 @@ def app_server(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(timeout=15)
-        for pid in _processes_mentioning(str(kernels)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_processes_mentioning(str(kernels))
 
 
 def _figure(explorer) -> tuple[list, str]:

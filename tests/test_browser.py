@@ -94,6 +94,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def kill_processes_mentioning(text: str) -> None:
+    """SIGKILL every process whose command line contains text: kernels a stopped server left behind."""
+    for pid in _processes_mentioning(text):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains text (here: our private runtime dir, used by our kernels)."""
     pids = []
@@ -127,11 +136,7 @@ def _stop(server: subprocess.Popen, base_url: str, token: str, runtime_dir: Path
             server.kill()
             server.wait(timeout=15)
     # Kernels run in their own sessions; they carry their connection file from our runtime dir.
-    for pid in _processes_mentioning(str(runtime_dir)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_processes_mentioning(str(runtime_dir))
 
 
 @pytest.fixture(params=NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
